@@ -1,0 +1,33 @@
+"""``arl2rt doctor``: versions, GPU, and which backends can run here (and why not)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from arl2rt.cli._common import out, print_json, user_errors
+from arl2rt.runtime.environment import probe
+
+app = typer.Typer()
+
+
+@app.command()
+@user_errors
+def doctor(json_: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of tables.")] = False) -> None:
+    """Report package versions, the GPU and which backends can run on this machine."""
+    env = probe()
+    if json_:
+        print_json(env.to_dict())
+        return
+    versions = Table("package", "version", title="packages")
+    for name, ver in env.versions.items():
+        versions.add_row(name, ver or "[dim]not installed[/]")
+    out.print(versions)
+    gpu = f"{env.gpu} (compute capability {env.compute_capability})" if env.gpu else "none"
+    out.print(f"GPU: {gpu}")
+    backends = Table("backend", "status", title="backends")
+    for name, reason in env.backends.items():
+        backends.add_row(name, "[green]available[/]" if reason is None else f"[yellow]unavailable[/]: {reason}")
+    out.print(backends)

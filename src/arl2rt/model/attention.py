@@ -1,0 +1,98 @@
+"""Self-attention of the two layer kinds (softmax over a KV cache; ARL2 hybrid) and text cross-attention."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arl2rt.model.gated_delta import block_read
+from arl2rt.model.layers import HeadwiseLinear, RMSNorm, accum_dtype, apply_rope, attention, l2norm
+from arl2rt.plugins.gdn.op import gdn_state_update
+
+
+class _QKV(nn.Module):
+    """Wan's shared projections: q, k, v, o with biases and RMSNorm on q and k over the full width."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.num_heads, self.head_dim))
+
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        q = apply_rope(self.heads(self.norm_q(self.q(x))), cos, sin)
+        k = apply_rope(self.heads(self.norm_k(self.k(x))), cos, sin)
+        return q, k, self.heads(self.v(x))
+
+
+class SoftmaxSelfAttention(_QKV):
+    """Block-causal softmax attention: the block's queries see [cached past K/V ‖ this block's K/V].
+
+    Returns the output and this block's RoPE'd K and V (the runtime keeps those of the clean pass only).
+    """
+
+    def forward(self, x, cos, sin, past_key: torch.Tensor, past_value: torch.Tensor):
+        q, k, v = self.qkv(x, cos, sin)
+        out = attention(q, torch.cat([past_key, k], dim=1), torch.cat([past_value, v], dim=1))
+        return self.o(out.flatten(2)), k, v
+
+
+class HybridSelfAttention(_QKV):
+    """ARL2 hybrid attention (ARL2-SPEC.md §2): intra-block softmax + block-level read of a Gated DeltaNet state.
+
+    The memory path's q/k/v projections hold the merged LoRA (``W + scale * (A B)^T``, same bias as q/k/v).
+    """
+
+    def __init__(self, dim: int, num_heads: int, eps: float) -> None:
+        super().__init__(dim, num_heads, eps)
+        self.q_mem, self.k_mem, self.v_mem = (nn.Linear(dim, dim) for _ in range(3))
+        self.phi_q, self.phi_k, self.phi_v = (HeadwiseLinear(num_heads, self.head_dim) for _ in range(3))
+        self.a_proj, self.b_proj, self.gate_proj = (nn.Linear(dim, num_heads, bias=False) for _ in range(3))
+        self.A_log = nn.Parameter(torch.log(torch.empty(num_heads).uniform_(1.0, 16.0)))
+        # dt_bias such that softplus(dt_bias) spans [1e-3, 1e-1], as GDN initialises it
+        dt = torch.exp(torch.empty(num_heads).uniform_(-6.9, -2.3))
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+
+    def memory_query(self, x, cos, sin) -> torch.Tensor:
+        return l2norm(apply_rope(self.phi_q(self.heads(self.norm_q(self.q_mem(x)))), cos, sin))
+
+    def write_inputs(self, x, cos, sin):
+        """k̂, v̂, g (log decay) and β of the GDN write; g and β in fp32 (float64 for a float64 model)."""
+        k = l2norm(apply_rope(self.phi_k(self.heads(self.norm_k(self.k_mem(x)))), cos, sin))
+        v = self.phi_v(self.heads(self.v_mem(x)))
+        xf = x.to(accum_dtype(x.dtype))
+        a = F.linear(xf, self.a_proj.weight.to(xf.dtype)) + self.dt_bias.to(xf.dtype)
+        g = -self.A_log.to(xf.dtype).exp() * F.softplus(a)
+        beta = 2.0 * torch.sigmoid(F.linear(xf, self.b_proj.weight.to(xf.dtype)))
+        return k, v, g, beta
+
+    def forward(self, x, cos, sin, state: torch.Tensor, write: bool):
+        """x ``[B, L, dim]``, state ``[B, H, D, D]`` (pre-update; zeros before the first block).
+
+        Returns the output and, when ``write``, the new state (else None). Every token reads the same ``state``.
+        """
+        q, k, v = self.qkv(x, cos, sin)
+        o_intra = attention(q, k, v)
+        qm = self.memory_query(x, cos, sin)
+        o_inter = block_read(qm, state)
+        gate = torch.sigmoid(self.gate_proj(x))[..., None]
+        out = self.o((o_intra + gate * o_inter).flatten(2))
+        new_state = None
+        if write:
+            new_state = gdn_state_update(*self.write_inputs(x, cos, sin), state)
+        return out, new_state
+
+
+class CrossAttention(_QKV):
+    """Text cross-attention; K/V of the text are computed once per prompt by :meth:`context_kv`."""
+
+    def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.heads(self.norm_k(self.k(context))), self.heads(self.v(context))
+
+    def forward(self, x, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        q = self.heads(self.norm_q(self.q(x)))
+        return self.o(attention(q, key, value).flatten(2))

@@ -1,0 +1,163 @@
+"""The Wan2.1-style causal DiT with ARL2 hybrid layers, run one AR block (one step) at a time.
+
+Parameter names follow Wan2.1 / Causal Forcing (``blocks.{i}.self_attn.q.weight``, ``head.head.weight``, ...) so
+checkpoints load by name; hybrid layers add ARL2's parameters (``a_proj``, ``A_log``, ``phi_q``, ...) with the
+memory-path LoRA merged into ``q_mem``/``k_mem``/``v_mem`` (see :mod:`arl2rt.model.checkpoint`).
+
+State is explicit: a step takes the pre-step GDN states and past K/V and returns new ones, never hiding them in the
+module. That is what lets the exporter turn a step into a graph with the state as named inputs and outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from arl2rt.errors import Arl2rtError
+from arl2rt.model.attention import CrossAttention, HybridSelfAttention, SoftmaxSelfAttention
+from arl2rt.model.config import ModelConfig
+from arl2rt.model.layers import FeedForward, LayerNorm, RopeTables, accum_dtype, sinusoidal_embedding
+
+
+@dataclass
+class StepOutput:
+    """What one step returns: the flow velocity and, for a committing (clean) step, the new states and block K/V."""
+
+    velocity: torch.Tensor
+    states: dict[int, torch.Tensor]
+    keys: dict[int, torch.Tensor]
+    values: dict[int, torch.Tensor]
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, frames: int) -> torch.Tensor:
+    """Per-latent-frame AdaLN: x ``[B, F*hw, dim]``, shift/scale ``[B, F, dim]``."""
+    xf = x.to(shift.dtype).unflatten(1, (frames, -1))
+    return (xf * (1 + scale[:, :, None]) + shift[:, :, None]).flatten(1, 2).to(x.dtype)
+
+
+def _gated(y: torch.Tensor, gate: torch.Tensor, frames: int) -> torch.Tensor:
+    return (y.to(gate.dtype).unflatten(1, (frames, -1)) * gate[:, :, None]).flatten(1, 2).to(y.dtype)
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig, hybrid: bool) -> None:
+        super().__init__()
+        self.hybrid = hybrid
+        attn_cls = HybridSelfAttention if hybrid else SoftmaxSelfAttention
+        self.norm1 = LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.self_attn = attn_cls(cfg.dim, cfg.num_heads, cfg.eps)
+        self.norm3 = LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=True)
+        self.cross_attn = CrossAttention(cfg.dim, cfg.num_heads, cfg.eps)
+        self.norm2 = LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.ffn = FeedForward(cfg.dim, cfg.ffn_dim)
+        self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
+
+    def forward(self, x, e, cos, sin, context_kv, state=None, past_kv=None, write=False):
+        """x ``[B, L, dim]``, e ``[B, F, 6, dim]`` (time projection). Returns x and the layer's new state or K/V."""
+        frames = e.shape[1]
+        e = (self.modulation.to(e.dtype)[:, None] + e).unbind(2)
+        y_in = _modulate(self.norm1(x), e[0], e[1], frames)
+        if self.hybrid:
+            y, new = self.self_attn(y_in, cos, sin, state, write)
+        else:
+            y, k, v = self.self_attn(y_in, cos, sin, *past_kv)
+            new = (k, v)
+        x = x + _gated(y, e[2], frames)
+        x = x + self.cross_attn(self.norm3(x), *context_kv)
+        x = x + _gated(self.ffn(_modulate(self.norm2(x), e[3], e[4], frames)), e[5], frames)
+        return x, new
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        patch = cfg.patch_size[0] * cfg.patch_size[1] * cfg.patch_size[2]
+        self.norm = LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.head = nn.Linear(cfg.dim, cfg.out_channels * patch)
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """x ``[B, L, dim]``, e ``[B, F, dim]`` (time embedding before projection)."""
+        shift, scale = (self.modulation.to(e.dtype)[:, None] + e[:, :, None]).unbind(2)
+        return self.head(_modulate(self.norm(x), shift, scale, e.shape[1]))
+
+
+class CausalDiT(nn.Module):
+    """Wan2.1 causal DiT; ``cfg.hybrid_layers`` use ARL2 hybrid attention, the others softmax over a KV cache."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        hybrid = set(cfg.hybrid_layers)
+        self.patch_embedding = nn.Conv3d(cfg.in_channels, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(
+            nn.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.dim, cfg.dim)
+        )
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
+        self.blocks = nn.ModuleList(DiTBlock(cfg, i in hybrid) for i in range(cfg.num_layers))
+        self.head = Head(cfg)
+        grid_h = cfg.latent_height // cfg.patch_size[1]
+        grid_w = cfg.latent_width // cfg.patch_size[2]
+        self.rope = RopeTables(cfg.head_dim, grid_h, grid_w, cfg.rope_theta, cfg.rope_max_positions)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.patch_embedding.weight.dtype
+
+    def encode_context(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Text embeddings ``[B, L_text, text_dim]`` -> per-layer cross-attention (K, V), each ``[B, L_text, H, D]``."""
+        ctx = self.text_embedding(context.to(self.dtype))
+        return [blk.cross_attn.context_kv(ctx) for blk in self.blocks]
+
+    def step(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        frame_offset: torch.Tensor | int,
+        context_kv: list[tuple[torch.Tensor, torch.Tensor]],
+        states: dict[int, torch.Tensor],
+        past_kv: dict[int, tuple[torch.Tensor, torch.Tensor]],
+        write: bool,
+    ) -> StepOutput:
+        """One pass of the DiT over one AR block.
+
+        Args:
+            x: latents ``[B, C, F, H, W]`` of the block's F latent frames.
+            t: timestep per frame ``[B, F]`` (0..1000; 0 for the clean pass).
+            frame_offset: absolute index of the block's first latent frame (RoPE time position).
+            context_kv: per-layer text K/V from :meth:`encode_context`.
+            states: hybrid layer index -> pre-update GDN state ``[B, H, D, D]`` (read only).
+            past_kv: softmax layer index -> (K, V) ``[B, S_past, H, D]`` of earlier blocks (RoPE'd K).
+            write: the clean pass; returns new states and this block's K/V. Denoising passes leave states alone.
+        """
+        cfg = self.cfg
+        b, _, f, hh, ww = x.shape
+        if isinstance(frame_offset, int) and not 0 <= frame_offset <= cfg.rope_max_positions - f:
+            raise Arl2rtError(
+                f"frame offset {frame_offset} + {f} frames exceeds the {cfg.rope_max_positions}-position RoPE table"
+            )
+        pt, ph, pw = cfg.patch_size
+        tokens = self.patch_embedding(x.to(self.dtype)).flatten(2).transpose(1, 2)  # [B, F*h*w, dim] (f, h, w) order
+        acc = accum_dtype(self.dtype)
+        e = self.time_embedding(sinusoidal_embedding(t.to(acc), cfg.freq_dim).to(self.dtype)).to(acc)  # [B, F, dim]
+        e0 = self.time_projection(e.to(self.dtype)).to(acc).unflatten(-1, (6, cfg.dim))  # [B, F, 6, dim]
+        cos, sin = self.rope.cos_sin(frame_offset, f // pt, acc, x.device)
+
+        new_states, keys, values = {}, {}, {}
+        for i, blk in enumerate(self.blocks):
+            if blk.hybrid:
+                tokens, new = blk(tokens, e0, cos, sin, context_kv[i], state=states[i], write=write)
+                if write:
+                    new_states[i] = new
+            else:
+                tokens, (k, v) = blk(tokens, e0, cos, sin, context_kv[i], past_kv=past_kv[i])
+                if write:
+                    keys[i], values[i] = k, v
+        out = self.head(tokens, e)  # [B, L, (pt ph pw c)]
+        c = cfg.out_channels
+        out = out.view(b, f // pt, hh // ph, ww // pw, pt, ph, pw, c)
+        velocity = torch.einsum("bfhwpqrc->bcfphqwr", out).reshape(b, c, f, hh, ww)
+        return StepOutput(velocity, new_states, keys, values)

@@ -1,0 +1,164 @@
+"""StateStore: every state tensor of one stream (GDN states, softmax K/V caches, text K/V), owned by the runtime.
+
+The store is laid out by the StateSpec. A commit binds each ``present_state`` as the next ``past_state`` without a copy
+(the previous buffer becomes the spare a backend may write the following commit into: ping-pong) and appends the
+block's K/V to a preallocated cache, global (grows geometrically) or a rolling window that keeps ``sink`` frames.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from arl2rt.errors import Arl2rtError
+from arl2rt.export.state_spec import StateSpec, torch_dtype
+
+
+class KVCache:
+    """Past K/V of one softmax layer, ``[B, frames * tokens_per_frame, H, D]`` each, frames in stream order."""
+
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        tokens_per_frame: int,
+        max_past_frames: int | None,
+        sink_frames: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        capacity_frames: int,
+    ) -> None:
+        self.batch, self.heads, self.dim = shape
+        self.tpf, self.max_past, self.sink = tokens_per_frame, max_past_frames, sink_frames
+        self.dtype, self.device = dtype, device
+        self.frames = 0
+        cap = capacity_frames if max_past_frames is None else max_past_frames
+        self.key, self.value = self._alloc(cap), self._alloc(cap)
+
+    def _alloc(self, frames: int) -> torch.Tensor:
+        return torch.empty(self.batch, frames * self.tpf, self.heads, self.dim, dtype=self.dtype, device=self.device)
+
+    @property
+    def capacity_frames(self) -> int:
+        return self.key.shape[1] // self.tpf
+
+    def reset(self) -> None:
+        self.frames = 0
+
+    def view(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.frames * self.tpf
+        return self.key[:, :n], self.value[:, :n]
+
+    def append(self, key: torch.Tensor, value: torch.Tensor) -> None:
+        new = key.shape[1] // self.tpf
+        if self.max_past is not None:
+            self._append_rolling(key, value, new)
+            return
+        if self.frames + new > self.capacity_frames:
+            cap = max(2 * self.capacity_frames, self.frames + new)
+            for name in ("key", "value"):
+                grown = self._alloc(cap)
+                grown[:, : self.frames * self.tpf] = getattr(self, name)[:, : self.frames * self.tpf]
+                setattr(self, name, grown)
+        start = self.frames * self.tpf
+        self.key[:, start : start + key.shape[1]] = key
+        self.value[:, start : start + value.shape[1]] = value
+        self.frames += new
+
+    def _append_rolling(self, key: torch.Tensor, value: torch.Tensor, new: int) -> None:
+        """Keep the stream's first ``sink`` frames and the most recent ``max_past - sink`` frames."""
+        total = self.frames + new
+        keep = min(total, self.max_past)
+        recent = keep - min(self.sink, keep)
+        for buf, block in ((self.key, key), (self.value, value)):
+            full = torch.cat([buf[:, : self.frames * self.tpf], block], dim=1)
+            kept = torch.cat([full[:, : (keep - recent) * self.tpf], full[:, (total - recent) * self.tpf :]], dim=1)
+            buf[:, : keep * self.tpf] = kept
+        self.frames = keep
+
+    def nbytes(self) -> int:
+        return self.key.numel() * self.key.element_size() * 2
+
+
+class StateStore:
+    """All state of one stream, named by the StateSpec."""
+
+    def __init__(self, spec: StateSpec, batch: int, device: torch.device | str, max_frames: int = 64) -> None:
+        self.spec, self.batch, self.device = spec, batch, torch.device(device)
+        cfg = spec.config
+        self.states: dict[str, torch.Tensor] = {}
+        self.spares: dict[str, torch.Tensor] = {}
+        self.context: dict[str, torch.Tensor] = {}
+        window = cfg.attn_window_frames
+        max_past = None if window == -1 else window - cfg.frames_per_block
+        self.caches = {
+            i: KVCache(
+                (batch, cfg.num_heads, cfg.head_dim),
+                cfg.tokens_per_frame,
+                max_past,
+                cfg.sink_frames,
+                torch_dtype(spec.dtype),
+                self.device,
+                max_frames,
+            )
+            for i in cfg.softmax_layers
+        }
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new video: zero every GDN state, empty every cache, forget the text (no stale state leaks)."""
+        for s in self.spec.step_inputs():
+            if s.kind == "past_state":
+                self.states[s.name] = torch.zeros(s.resolve(batch=self.batch), dtype=s.torch_dtype, device=self.device)
+        self.spares.clear()
+        self.context.clear()
+        for cache in self.caches.values():
+            cache.reset()
+
+    def set_context(self, outputs: dict[str, torch.Tensor]) -> None:
+        expected = {s.name for s in self.spec.context_kv()}
+        if set(outputs) != expected:
+            raise Arl2rtError(f"encode_context returned {sorted(outputs)}; expected {sorted(expected)}")
+        self.context = dict(outputs)
+
+    @property
+    def past_frames(self) -> int:
+        return next(iter(self.caches.values())).frames if self.caches else 0
+
+    def feeds(self) -> dict[str, torch.Tensor]:
+        """The state inputs of a step: context K/V, past GDN states and past K/V views (no copies)."""
+        if not self.context:
+            raise Arl2rtError("no text context: call Streamer.start(context) before generating")
+        feeds = {**self.context, **self.states}
+        for i, cache in self.caches.items():
+            feeds[f"past_key.{i}"], feeds[f"past_value.{i}"] = cache.view()
+        return feeds
+
+    def spare_buffers(self) -> dict[str, torch.Tensor]:
+        """present name -> a free buffer of the right shape a backend may write the next commit into."""
+        return {self.spec.past_of(name).replace("past_", "present_", 1): buf for name, buf in self.spares.items()}
+
+    def commit(self, outputs: dict[str, torch.Tensor]) -> None:
+        """Bind ``present_state.*`` as the next ``past_state.*`` and append ``present_key/value.*`` to the caches."""
+        expected = {s.name for s in self.spec.commit_outputs()}
+        if set(outputs) != expected:
+            raise Arl2rtError(f"commit_step returned {sorted(outputs)}; expected {sorted(expected)}")
+        for name, value in outputs.items():
+            if name.startswith("present_state."):
+                past = self.spec.past_of(name)
+                if value.data_ptr() != self.states[past].data_ptr():
+                    self.spares[past] = self.states[past]
+                self.states[past] = value
+        for i, cache in self.caches.items():
+            cache.append(outputs[f"present_key.{i}"], outputs[f"present_value.{i}"])
+
+    def nbytes(self) -> dict[str, int]:
+        """Memory held now: GDN states (constant), K/V caches (grow or roll), text K/V."""
+
+        def size(ts):
+            return sum(t.numel() * t.element_size() for t in ts)
+
+        return {
+            "gdn_states": size(self.states.values()) + size(self.spares.values()),
+            "kv_cache": sum(c.nbytes() for c in self.caches.values()),
+            "context": size(self.context.values()),
+        }
+

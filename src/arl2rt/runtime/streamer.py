@@ -1,0 +1,112 @@
+"""The Streamer: the one AR loop (ARL2-SPEC.md §4) that drives any Backend, block after block.
+
+Per block: fresh noise, the denoising passes (``denoise_step``, states read only, re-noising with fresh seeded noise
+between them), then the clean t = 0 pass (``commit_step``) whose outputs the StateStore binds as the next states.
+Noise comes from a seeded CPU generator in float32 whatever the backend, so two backends see the same stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from arl2rt.errors import Arl2rtError
+from arl2rt.model.scheduler import FlowMatchScheduler
+from arl2rt.runtime.backend import Backend
+from arl2rt.runtime.state_store import StateStore
+
+# (graph, block index, pass index, feeds, outputs) -> None; called after every step, e.g. by parity.
+StepHook = Callable[[str, int, int, dict, dict], None]
+
+
+@dataclass
+class StreamPosition:
+    block: int = 0
+    frame: int = 0
+
+
+class Streamer:
+    """Generates a video stream block by block on one backend; owns the stream's StateStore and noise generator."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        seed: int = 0,
+        batch: int = 1,
+        max_frames: int = 64,
+        hook: StepHook | None = None,
+    ) -> None:
+        self.backend = backend
+        self.spec = backend.spec
+        self.cfg = self.spec.config
+        self.scheduler = FlowMatchScheduler.from_config(self.cfg)
+        self.batch, self.seed, self.hook = batch, seed, hook
+        self.store = StateStore(self.spec, batch, backend.device, max_frames=max_frames)
+        self.generator = torch.Generator()
+        self.position = StreamPosition()
+        self._io_dtype = self.spec.velocity().torch_dtype
+
+    def start(self, context: torch.Tensor, seed: int | None = None) -> None:
+        """Begin a new video for text embeddings ``context [B, L_text, text_dim]``: resets every state."""
+        self.store.reset()
+        self.position = StreamPosition()
+        self.generator.manual_seed(self.seed if seed is None else seed)
+        spec = self.spec.context()
+        context = context.to(device=self.backend.device, dtype=spec.torch_dtype)
+        spec.check(context, batch=self.batch)
+        self.store.set_context(self.backend.run("encode_context", {"context": context}))
+
+    def _noise(self) -> torch.Tensor:
+        c = self.cfg
+        shape = (self.batch, c.in_channels, c.frames_per_block, c.latent_height, c.latent_width)
+        noise = torch.randn(shape, generator=self.generator, dtype=torch.float32)
+        return noise.to(device=self.backend.device, dtype=self._io_dtype)
+
+    def _feeds(self, latents: torch.Tensor, t: float) -> dict[str, torch.Tensor]:
+        f = self.cfg.frames_per_block
+        timestep = torch.full((self.batch, f), t, dtype=self._io_dtype, device=self.backend.device)
+        offset = torch.tensor(self.position.frame, dtype=torch.int64, device=self.backend.device)
+        return {"latents": latents, "timestep": timestep, "frame_offset": offset, **self.store.feeds()}
+
+    def _run(self, graph: str, feeds: dict, pass_index: int, out: dict | None = None) -> dict:
+        outputs = self.backend.run(graph, feeds, out)
+        if self.hook is not None:
+            self.hook(graph, self.position.block, pass_index, feeds, outputs)
+        return outputs
+
+    def next_block(self) -> torch.Tensor:
+        """Generate one block; returns its denoised latents ``[B, C, F, H, W]`` (io dtype, backend device)."""
+        c = self.cfg
+        if self.position.frame + c.frames_per_block > c.rope_max_positions:
+            raise Arl2rtError(
+                f"stream position {self.position.frame} + {c.frames_per_block} frames exceeds the "
+                f"{c.rope_max_positions}-position RoPE table of config {c.name}"
+            )
+        sched = self.scheduler
+        x = self._noise()
+        x0 = x
+        for i, t in enumerate(sched.timesteps):
+            velocity = self._run("denoise_step", self._feeds(x, t), i)["velocity"]
+            x0 = sched.x0(x, velocity, sched.sigmas[i])
+            if i + 1 < len(sched.timesteps):
+                x = sched.add_noise(x0, self._noise(), sched.sigmas[i + 1])
+        outputs = self._run("commit_step", self._feeds(x0, 0.0), len(sched.timesteps), self.store.spare_buffers())
+        self.store.commit(outputs)
+        self.position.block += 1
+        self.position.frame += c.frames_per_block
+        return x0
+
+    def stream(self, num_blocks: int) -> Iterator[torch.Tensor]:
+        if num_blocks < 0:
+            raise Arl2rtError(f"number of blocks must be >= 0, got {num_blocks}")
+        for _ in range(num_blocks):
+            yield self.next_block()
+
+    def generate(self, context: torch.Tensor, num_blocks: int, seed: int | None = None) -> torch.Tensor:
+        """A whole video in one call: ``[B, C, num_blocks * F, H, W]``."""
+        self.start(context, seed)
+        blocks = list(self.stream(num_blocks))
+        return torch.cat(blocks, dim=2) if blocks else torch.empty(0)
