@@ -1,4 +1,4 @@
-"""arl2rt: deploy ARL2 hybrid-attention video diffusion models through ONNX and TensorRT, with parity against PyTorch."""
+"""arl2rt: deploy ARL2 hybrid-attention video diffusion models through ONNX and TensorRT, checked against PyTorch."""
 
 from arl2rt.errors import Arl2rtError
 

@@ -15,7 +15,9 @@ app = typer.Typer()
 
 @app.command()
 @user_errors
-def doctor(json_: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of tables.")] = False) -> None:
+def doctor(
+    json_: Annotated[bool, typer.Option("--json", help="Print a JSON object instead of tables.")] = False,
+) -> None:
     """Report package versions, the GPU and which backends can run on this machine."""
     env = probe()
     if json_:

@@ -33,12 +33,23 @@ def generate(
     with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task(f"{blocks} blocks", total=blocks)
         result = generate_latents(
-            model, random_context(cfg, seed), blocks=blocks, seed=seed, output=output, backend=backend,
-            dtype=dtype, device=device, progress=lambda: bar.advance(task),
+            model,
+            random_context(cfg, seed),
+            blocks=blocks,
+            seed=seed,
+            output=output,
+            backend=backend,
+            dtype=dtype,
+            device=device,
+            progress=lambda: bar.advance(task),
         )
     summary = {
-        "output": str(result.output), "backend": result.backend, "blocks": result.blocks,
-        "latent_frames": result.latent_frames, "seconds": round(result.seconds, 3), "state_bytes": result.state_bytes,
+        "output": str(result.output),
+        "backend": result.backend,
+        "blocks": result.blocks,
+        "latent_frames": result.latent_frames,
+        "seconds": round(result.seconds, 3),
+        "state_bytes": result.state_bytes,
     }
     if json_:
         print_json(summary)

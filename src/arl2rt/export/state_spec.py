@@ -135,7 +135,9 @@ class StateSpec:
 
     def _state(self, prefix: str, layer: int) -> TensorSpec:
         c = self.config
-        return TensorSpec(f"{prefix}.{layer}", (BATCH, c.num_heads, c.head_dim, c.head_dim), self.io_dtype, prefix, layer)
+        return TensorSpec(
+            f"{prefix}.{layer}", (BATCH, c.num_heads, c.head_dim, c.head_dim), self.io_dtype, prefix, layer
+        )
 
     def velocity(self) -> TensorSpec:
         c = self.config
@@ -174,7 +176,9 @@ class StateSpec:
     def kv_bytes_per_frame(self, batch: int = 1) -> int:
         """Bytes the softmax layers' K/V caches grow by per latent frame."""
         c = self.config
-        per = c.tokens_per_frame * c.num_heads * c.head_dim * torch.empty(0, dtype=torch_dtype(self.dtype)).element_size()
+        per = (
+            c.tokens_per_frame * c.num_heads * c.head_dim * torch.empty(0, dtype=torch_dtype(self.dtype)).element_size()
+        )
         return 2 * per * batch * len(c.softmax_layers)
 
     # -- serialisation -------------------------------------------------------------------------------------------

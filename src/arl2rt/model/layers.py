@@ -42,7 +42,7 @@ def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 class HeadwiseLinear(nn.Module):
-    """One D x D matrix per head (ARL2's φ maps), stored like the upstream grouped 1x1 Conv1d: ``weight [H*D, D, 1]``."""
+    """One D x D matrix per head (ARL2's φ maps), stored as upstream's grouped 1x1 Conv1d: ``weight [H*D, D, 1]``."""
 
     def __init__(self, num_heads: int, head_dim: int) -> None:
         super().__init__()
@@ -63,7 +63,7 @@ def rope_split(head_dim: int) -> tuple[int, int, int]:
 
 
 def _inv_freq(pairs: int, theta: float) -> torch.Tensor:
-    return 1.0 / theta ** (torch.arange(pairs, dtype=torch.float64) * 2 / (2 * pairs))
+    return 1.0 / theta ** (torch.arange(pairs, dtype=torch.float64, device="cpu") * 2 / (2 * pairs))
 
 
 class RopeTables:
@@ -71,14 +71,15 @@ class RopeTables:
 
     Time angles are a table of ``max_positions`` absolute latent-frame indices (gathered by frame offset, so the
     exported graph holds the same rounded values); height and width angles are fixed for a given latent size.
+    Built on the CPU whatever the default device, so a model constructed on ``meta`` (checkpoint loading) keeps them.
     """
 
     def __init__(self, head_dim: int, grid_h: int, grid_w: int, theta: float, max_positions: int) -> None:
         ct, ch, cw = rope_split(head_dim)
         self.max_positions = max_positions
-        self.time = torch.outer(torch.arange(max_positions, dtype=torch.float64), _inv_freq(ct, theta))
-        hh = torch.outer(torch.arange(grid_h, dtype=torch.float64), _inv_freq(ch, theta))
-        ww = torch.outer(torch.arange(grid_w, dtype=torch.float64), _inv_freq(cw, theta))
+        self.time = torch.outer(torch.arange(max_positions, dtype=torch.float64, device="cpu"), _inv_freq(ct, theta))
+        hh = torch.outer(torch.arange(grid_h, dtype=torch.float64, device="cpu"), _inv_freq(ch, theta))
+        ww = torch.outer(torch.arange(grid_w, dtype=torch.float64, device="cpu"), _inv_freq(cw, theta))
         self.spatial = torch.cat(
             [hh[:, None, :].expand(grid_h, grid_w, ch), ww[None, :, :].expand(grid_h, grid_w, cw)], dim=-1
         ).reshape(grid_h * grid_w, ch + cw)

@@ -34,7 +34,8 @@ class FlowMatchScheduler:
         if cfg.warp_timesteps:
             # raw sigma_i = 1 - i/1000 (i = 0..999), shifted; the list entry s picks index 1000 - s
             steps = tuple(
-                NUM_TRAIN_TIMESTEPS * shift_sigma(1 - (NUM_TRAIN_TIMESTEPS - int(s)) / NUM_TRAIN_TIMESTEPS, cfg.scheduler_shift)
+                NUM_TRAIN_TIMESTEPS
+                * shift_sigma(1 - (NUM_TRAIN_TIMESTEPS - int(s)) / NUM_TRAIN_TIMESTEPS, cfg.scheduler_shift)
                 for s in steps
             )
         return cls(tuple(steps))

@@ -8,7 +8,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-PACKAGES = ("torch", "triton", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "tensorrt", "tensorrt-rtx", "polygraphy")
+PACKAGES = (
+    "torch",
+    "triton",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxscript",
+    "tensorrt",
+    "tensorrt-rtx",
+    "polygraphy",
+)
 
 
 def package_version(dist: str) -> str | None:
@@ -54,7 +64,6 @@ def probe() -> Environment:
     if backends["onnxruntime"] is None:
         import onnxruntime as ort
 
-        backends["onnxruntime"] = None
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             backends["onnxruntime-cuda"] = "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
         else:
@@ -64,6 +73,8 @@ def probe() -> Environment:
     rtx = _importable("tensorrt_rtx")
     backends["tensorrt-rtx (build)"] = rtx
     backends["tensorrt-rtx (run)"] = rtx or (
-        "no CUDA GPU" if gpu is None else ("TensorRT-RTX does not run on compute capability 9.x" if cc and cc.startswith("9.") else None)
+        "no CUDA GPU"
+        if gpu is None
+        else ("TensorRT-RTX does not run on compute capability 9.x" if cc and cc.startswith("9.") else None)
     )
     return Environment({p: package_version(p) for p in PACKAGES}, gpu, cc, backends)

@@ -71,4 +71,6 @@ def generate_latents(
     tmp = output.with_name(output.name + ".partial.npz")
     np.savez(tmp, latents=latents.numpy())
     tmp.replace(output)
-    return GenerateResult(output, blocks, latents.shape[2] if parts else 0, time.perf_counter() - start, nbytes, backend)
+    return GenerateResult(
+        output, blocks, latents.shape[2] if parts else 0, time.perf_counter() - start, nbytes, backend
+    )

@@ -161,4 +161,3 @@ class StateStore:
             "kv_cache": sum(c.nbytes() for c in self.caches.values()),
             "context": size(self.context.values()),
         }
-
