@@ -1,0 +1,101 @@
+"""Launch Triton kernels the way a TensorRT plugin does: raw device pointers, int sizes and a CUDA stream.
+
+A launch is described once, by a :class:`KernelLaunch` (kernel, grid, warps, stages, compile-time constants, the runtime
+argument order and the Triton signature). The JIT path runs it with :func:`run_launch`; an ahead-of-time path hands
+``kernel``, ``signature`` and ``constexprs`` to ``triton.compile(triton.compiler.ASTSource(...))`` and launches the
+result with the same grid. Runtime arguments are always ordered inputs → int sizes → outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+_TRITON_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int32: "i32"}
+
+
+@dataclass(frozen=True)
+class DevicePtr:
+    """A raw device address plus the element type that Triton specialises the kernel on."""
+
+    ptr: int
+    dtype: torch.dtype
+
+    def data_ptr(self) -> int:
+        return self.ptr
+
+
+def as_kernel_arg(x: torch.Tensor | int, dtype: torch.dtype, name: str) -> torch.Tensor | DevicePtr:
+    """A tensor (checked to hold ``dtype``) or a raw address (wrapped as :class:`DevicePtr`) for a pointer argument."""
+    if isinstance(x, torch.Tensor):
+        if x.dtype != dtype:
+            raise ValueError(f"{name} must be {dtype}; got {x.dtype}")
+        return x
+    return DevicePtr(int(x), dtype)
+
+
+def sub_buffer(base: torch.Tensor | int, offset: int, dtype: torch.dtype, numel: int) -> torch.Tensor | DevicePtr:
+    """A typed piece of a workspace starting ``offset`` bytes in: a view of a uint8 tensor, or a raw address."""
+    if isinstance(base, torch.Tensor):
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        return base[offset : offset + nbytes].view(dtype)
+    return DevicePtr(int(base) + offset, dtype)
+
+
+def is_interpreted(kernel: Any) -> bool:
+    """Whether ``kernel`` was decorated under ``TRITON_INTERPRET=1`` (runs on the CPU through NumPy)."""
+    return type(kernel).__name__ == "InterpretedFunction"
+
+
+def pointer_type(dtype: torch.dtype) -> str:
+    """Triton signature string of a pointer to ``dtype`` (``*bf16``...)."""
+    return "*" + _TRITON_TYPES[dtype]
+
+
+@dataclass(frozen=True)
+class KernelLaunch:
+    """One kernel launch: enough to run it through Triton's JIT or to compile it ahead of time.
+
+    ``args`` names the runtime arguments in launch order (inputs, then int sizes, then outputs); ``signature`` maps each
+    of them to a Triton type (``*bf16``, ``i32``...) and each constexpr to ``"constexpr"``, as ``ASTSource`` wants.
+    """
+
+    kernel: Any
+    grid: tuple[int, int, int]
+    num_warps: int
+    num_stages: int
+    args: tuple[str, ...]
+    signature: dict[str, str]
+    constexprs: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return getattr(self.kernel, "__name__", None) or self.kernel.fn.__name__
+
+
+@contextlib.contextmanager
+def _on_stream(stream: int | torch.cuda.Stream | None):
+    if stream is None or not torch.cuda.is_available():
+        yield
+        return
+    if isinstance(stream, int):
+        stream = torch.cuda.ExternalStream(stream)
+    with torch.cuda.stream(stream):
+        yield
+
+
+def run_launch(launch: KernelLaunch, args: Sequence[Any], stream: int | torch.cuda.Stream | None = None) -> Any:
+    """Launch through Triton's JIT on ``stream`` (a raw ``cudaStream_t``, a torch stream, or None for the current one).
+
+    Returns what Triton returns (the compiled kernel, whose ``metadata.shared`` and ``n_regs`` the benchmarks log).
+    """
+    if len(args) != len(launch.args):
+        raise ValueError(f"{launch.name} takes {len(launch.args)} runtime arguments {launch.args}; got {len(args)}")
+    with _on_stream(stream):
+        return launch.kernel[launch.grid](
+            *args, **launch.constexprs, num_warps=launch.num_warps, num_stages=launch.num_stages
+        )
