@@ -1,0 +1,174 @@
+"""Comparing one candidate tensor against its reference: metrics, per-tensor tolerances, and the pass rule.
+
+Modelled on polygraphy's ``CompareFunc.simple``: :func:`compare_func` is a factory that takes per-tensor tolerances
+(key ``""`` is the default) and returns a function ``(name, reference, candidate) -> TensorMetrics``. An element fails
+when its absolute difference exceeds ``atol`` *and* its relative difference exceeds ``rtol`` (polygraphy's
+"elemwise" rule, so ``polygraphy run --atol/--rtol`` and ``arl2rt parity --atol/--rtol`` mean the same thing).
+
+A tolerance key is a full tensor name (``present_state.2``), a kind (``present_state``: every layer's state; the
+part of a name before its first dot) or ``""``. The most specific key wins.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+
+import torch
+
+from arl2rt.errors import Arl2rtError
+
+# Element-wise relative differences divide by |reference|; zeros get this epsilon (as polygraphy does).
+_REL_EPS = 2.220446049250313e-16
+
+# Default tolerances per candidate precision (reference: float64). The recurrent state is held in fp32 in every
+# precision and carries every earlier block, so its tolerance is tighter than the outputs'. Values were set from the
+# measured errors of benchmarks/parity_tiny.py with a margin of about 10x.
+DEFAULT_TOLERANCES: dict[str, dict[str, dict[str, float]]] = {
+    "float64": {"atol": {"": 1e-10}, "rtol": {"": 1e-10}},
+    "float32": {"atol": {"": 1e-4, "present_state": 1e-5}, "rtol": {"": 1e-4, "present_state": 1e-4}},
+    "float16": {"atol": {"": 2e-2, "present_state": 5e-3}, "rtol": {"": 2e-2, "present_state": 1e-2}},
+    "bfloat16": {"atol": {"": 1.5e-1, "present_state": 4e-2}, "rtol": {"": 1.5e-1, "present_state": 8e-2}},
+}
+
+
+@dataclass(frozen=True)
+class TensorMetrics:
+    """How far a candidate tensor is from its reference (all computed in float64).
+
+    ``max_rel`` is the element-wise maximum of ``|c - r| / |r|`` (polygraphy's); ``rel_l2`` is ``||c - r|| / ||r||``
+    (flash-linear-attention's RMS ratio, robust to near-zero elements); ``psnr`` uses ``max |r|`` as the peak.
+    ``mismatches`` counts elements failing the ``atol``/``rtol`` rule; ``passed`` is no mismatch and all finite.
+    """
+
+    max_abs: float
+    max_rel: float
+    rel_l2: float
+    cosine: float
+    psnr: float
+    finite: bool
+    mismatches: int
+    atol: float
+    rtol: float
+
+    @property
+    def passed(self) -> bool:
+        return self.finite and self.mismatches == 0
+
+    def to_dict(self) -> dict:
+        return {k: json_float(v) for k, v in asdict(self).items()} | {"passed": self.passed}
+
+
+def json_float(value):
+    """JSON has no inf/nan: write them as strings (``"inf"``), keep everything else."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def tensor_metrics(reference: torch.Tensor, candidate: torch.Tensor, atol: float, rtol: float) -> TensorMetrics:
+    """Metrics of ``candidate`` against ``reference`` (same shape; any dtypes and devices)."""
+    if tuple(reference.shape) != tuple(candidate.shape):
+        raise Arl2rtError(f"cannot compare: reference shape {list(reference.shape)}, candidate {list(candidate.shape)}")
+    r = reference.detach().to("cpu", torch.float64).flatten()
+    c = candidate.detach().to("cpu", torch.float64).flatten()
+    finite = bool(torch.isfinite(c).all())
+    if r.numel() == 0:
+        return TensorMetrics(0.0, 0.0, 0.0, 1.0, math.inf, finite, 0, atol, rtol)
+    diff = (c - r).abs()
+    denom = r.abs().clamp_min(_REL_EPS)
+    rel = diff / denom
+    r_norm, c_norm = float(r.norm()), float(c.norm())
+    err_norm = float(diff.norm())
+    mse = float((diff * diff).mean())
+    peak = float(r.abs().max())
+    bad = ((diff > atol) | diff.isnan()) & ((rel > rtol) | rel.isnan())
+    return TensorMetrics(
+        max_abs=float(diff.max()),
+        max_rel=float(rel.max()),
+        rel_l2=err_norm / r_norm if r_norm > 0 else (0.0 if err_norm == 0 else math.inf),
+        cosine=_cosine(r, c, r_norm, c_norm),
+        psnr=math.inf if mse == 0 else (20 * math.log10(peak) - 10 * math.log10(mse) if peak > 0 else -math.inf),
+        finite=finite,
+        mismatches=int(bad.sum()),
+        atol=atol,
+        rtol=rtol,
+    )
+
+
+def _cosine(r: torch.Tensor, c: torch.Tensor, r_norm: float, c_norm: float) -> float:
+    if r_norm == 0 and c_norm == 0:
+        return 1.0
+    if r_norm == 0 or c_norm == 0:
+        return 0.0
+    return float(torch.dot(r, c)) / (r_norm * c_norm)
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Per-tensor ``atol``/``rtol``: keys are tensor names, kinds (``present_state``) or ``""`` (the default)."""
+
+    atol: Mapping[str, float]
+    rtol: Mapping[str, float]
+
+    def __post_init__(self) -> None:
+        for which, table in (("atol", self.atol), ("rtol", self.rtol)):
+            if "" not in table:
+                raise Arl2rtError(f"{which} tolerances {dict(table)}: expected a default (key '')")
+            bad = {k: v for k, v in table.items() if not (isinstance(v, (int, float)) and v >= 0)}
+            if bad:
+                raise Arl2rtError(f"{which} tolerances {bad}: expected non-negative numbers")
+
+    @classmethod
+    def for_dtype(
+        cls, dtype: str, atol: Mapping[str, float] | None = None, rtol: Mapping[str, float] | None = None
+    ) -> Tolerances:
+        """The defaults for a candidate precision, overridden key by key by ``atol``/``rtol``."""
+        if dtype not in DEFAULT_TOLERANCES:
+            raise Arl2rtError(f"no default tolerances for dtype {dtype!r}; expected one of {list(DEFAULT_TOLERANCES)}")
+        base = DEFAULT_TOLERANCES[dtype]
+        return cls({**base["atol"], **(atol or {})}, {**base["rtol"], **(rtol or {})})
+
+    def lookup(self, name: str) -> tuple[float, float]:
+        return _pick(self.atol, name), _pick(self.rtol, name)
+
+    def to_dict(self) -> dict:
+        return {"atol": dict(self.atol), "rtol": dict(self.rtol)}
+
+
+def _pick(table: Mapping[str, float], name: str) -> float:
+    for key in (name, name.split(".", 1)[0], ""):
+        if key in table:
+            return float(table[key])
+    raise AssertionError("unreachable: Tolerances requires a default")
+
+
+def parse_tolerances(values: Iterable[str], option: str) -> dict[str, float]:
+    """``["1e-4", "present_state:1e-5"]`` -> ``{"": 1e-4, "present_state": 1e-5}`` (polygraphy's ``name:value``)."""
+    table: dict[str, float] = {}
+    for item in values:
+        name, _, number = item.rpartition(":")
+        try:
+            value = float(number)
+        except ValueError:
+            raise Arl2rtError(
+                f"{option} {item!r}: expected VALUE or NAME:VALUE with a number, found {number!r}"
+            ) from None
+        if not value >= 0:
+            raise Arl2rtError(f"{option} {item!r}: expected a non-negative tolerance, found {value}")
+        table[name] = value
+    return table
+
+
+CompareFunc = Callable[[str, torch.Tensor, torch.Tensor], TensorMetrics]
+
+
+def compare_func(tolerances: Tolerances) -> CompareFunc:
+    """A comparison function with these per-tensor tolerances: ``(name, reference, candidate) -> TensorMetrics``."""
+
+    def compare(name: str, reference: torch.Tensor, candidate: torch.Tensor) -> TensorMetrics:
+        atol, rtol = tolerances.lookup(name)
+        return tensor_metrics(reference, candidate, atol, rtol)
+
+    return compare

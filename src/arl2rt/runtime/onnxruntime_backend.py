@@ -1,0 +1,201 @@
+"""The onnxruntime backend: runs a model package's three step graphs with IO binding, on the CUDA EP or the CPU EP.
+
+Every input is bound by pointer to the torch tensor the Streamer holds, and every output to a torch tensor this backend
+allocates or to the buffer the caller passes in ``out`` (the StateStore's spare state: ping-pong). So ``present_state``
+of one commit is written straight into the buffer that becomes ``past_state`` of the next step, and no state is copied
+on its way through onnxruntime. The only copies: a feed that is not contiguous (past K/V views of a batch > 1 cache).
+
+The CUDA EP runs when the device is CUDA (``onnxruntime-gpu`` installed and a GPU present; ``device="auto"`` picks it
+then), binding torch CUDA pointers and ordering work on torch's current stream; otherwise the CPU EP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from arl2rt.errors import Arl2rtError
+from arl2rt.export.state_spec import GRAPHS, TensorSpec
+from arl2rt.runtime.backend import Backend
+
+if TYPE_CHECKING:
+    from arl2rt.export.package import ModelPackage
+
+# torch dtype -> the ONNX element type IO binding takes (an int: numpy has no bfloat16) and onnxruntime's type name.
+_ONNX_TYPES: dict[torch.dtype, tuple[int, str]] = {
+    torch.float64: (11, "tensor(double)"),
+    torch.float32: (1, "tensor(float)"),
+    torch.float16: (10, "tensor(float16)"),
+    torch.bfloat16: (16, "tensor(bfloat16)"),
+    torch.int64: (7, "tensor(int64)"),
+}
+CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise Arl2rtError(f"the onnxruntime backend needs onnxruntime (pip install onnxruntime): {exc}") from None
+    return onnxruntime
+
+
+def _ort_errors() -> tuple[type[BaseException], ...]:
+    """onnxruntime's own exception types (load and run failures), which do not share a base class beyond Exception."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(c for c in vars(state).values() if isinstance(c, type) and issubclass(c, Exception))
+
+
+def cuda_available() -> bool:
+    """onnxruntime has the CUDA EP (onnxruntime-gpu) and torch sees a GPU."""
+    return CUDA_EP in _ort().get_available_providers() and torch.cuda.is_available()
+
+
+def resolve_device(device: torch.device | str) -> torch.device:
+    """``"auto"``: CUDA when the CUDA EP can run, else the CPU. A CUDA device without the CUDA EP is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda") if cuda_available() else torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and CUDA_EP not in _ort().get_available_providers():
+        raise Arl2rtError(
+            f"device {device}: onnxruntime has no {CUDA_EP} (found {_ort().get_available_providers()}); "
+            "install onnxruntime-gpu or use device cpu"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise Arl2rtError(f"device {device}: the onnxruntime backend runs on 'cpu' or 'cuda'")
+    return device
+
+
+class OnnxRuntimeBackend(Backend):
+    """Runs ``encode_context``, ``denoise_step`` and ``commit_step`` of a :class:`ModelPackage` with onnxruntime.
+
+    Args:
+        package: a loaded model package (its StateSpec is this backend's contract).
+        device: ``"cpu"``, ``"cuda"``/``"cuda:N"`` (needs onnxruntime-gpu) or ``"auto"``.
+        providers: execution providers in priority order; default: the CUDA EP (with the CPU EP as fallback for
+            unsupported nodes) on a CUDA device, else the CPU EP.
+        session_options: an ``onnxruntime.SessionOptions``; default: all graph optimisations, warnings only.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        package: ModelPackage,
+        device: torch.device | str = "cpu",
+        providers: Sequence[str | tuple[str, dict]] | None = None,
+        *,
+        session_options: Any | None = None,
+    ) -> None:
+        super().__init__(package.spec, resolve_device(device))
+        self.package = package
+        self.providers = list(providers) if providers is not None else self._default_providers()
+        self.session_options = session_options
+        self.sessions: dict[str, Any] = {}
+        self.label = f"onnxruntime {package.target} {package.spec.dtype} ({self.device.type})"
+
+    def _default_providers(self) -> list[str | tuple[str, dict]]:
+        if self.device.type == "cuda":
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            return [(CUDA_EP, {"device_id": index}), CPU_EP]
+        return [CPU_EP]
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+    def activate_impl(self) -> None:
+        ort = _ort()
+        options = self.session_options
+        if options is None:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+        errors = (*_ort_errors(), OSError)
+        sessions = {}
+        for graph in GRAPHS:
+            path = Path(self.package.graph_path(graph))
+            if not path.is_file():
+                raise Arl2rtError(f"{path}: graph file of {graph} not found in package {self.package.root}")
+            try:
+                sessions[graph] = ort.InferenceSession(str(path), options, providers=self.providers)
+            except errors as exc:
+                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                raise Arl2rtError(
+                    f"{path}: onnxruntime cannot load the {graph} graph (expected a valid ONNX model; a truncated "
+                    f"file or missing external data also fails here): {first}"
+                ) from None
+            _check_session_io(sessions[graph], path, self.spec.inputs(graph), self.spec.outputs(graph))
+        self.sessions = sessions
+
+    def deactivate_impl(self) -> None:
+        self.sessions = {}
+
+    # -- running -------------------------------------------------------------------------------------------------
+    def run_impl(self, graph, feeds, out):
+        session = self.sessions[graph]
+        binding = session.io_binding()
+        keep = []  # what is bound must outlive the run (contiguous copies, empty placeholders)
+        batch = feeds[self.spec.inputs(graph)[0].name].shape[0]
+        for spec in self.spec.inputs(graph):
+            tensor = feeds[spec.name]
+            if tensor.device != self.device:
+                raise Arl2rtError(f"{graph}: input {spec.name} is on {tensor.device}; expected {self.device}")
+            keep.append(_bind(binding.bind_input, spec.name, tensor.contiguous()))
+        outputs = {}
+        for spec in self.spec.outputs(graph):
+            outputs[spec.name] = self._output_buffer(spec, out.get(spec.name), batch)
+            _bind(binding.bind_output, spec.name, outputs[spec.name])
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # inputs written by torch must be ready
+        try:
+            session.run_with_iobinding(binding)
+        except _ort_errors() as exc:
+            path = self.package.graph_path(graph)
+            raise Arl2rtError(f"{path}: onnxruntime failed to run {graph}: {str(exc).strip()[:500]}") from None
+        return outputs
+
+    def _output_buffer(self, spec: TensorSpec, given: torch.Tensor | None, batch: int) -> torch.Tensor:
+        shape = spec.resolve(batch=batch)
+        if (
+            given is not None
+            and tuple(given.shape) == shape
+            and given.dtype == spec.torch_dtype
+            and given.device == self.device
+            and given.is_contiguous()
+        ):
+            return given
+        return torch.empty(shape, dtype=spec.torch_dtype, device=self.device)
+
+
+def _bind(bind, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """Bind ``tensor``'s memory by pointer; returns the tensor bound, which must stay alive until the run ends."""
+    if tensor.numel() == 0:
+        # an empty past (first block) may have no memory to point at: bind a valid pointer with the empty shape
+        tensor = torch.empty(1, dtype=tensor.dtype, device=tensor.device).as_strided(tensor.shape, tensor.stride())
+    device_id = (tensor.device.index or 0) if tensor.device.type == "cuda" else 0
+    bind(name, tensor.device.type, device_id, _ONNX_TYPES[tensor.dtype][0], list(tensor.shape), tensor.data_ptr())
+    return tensor
+
+
+def _check_session_io(session, path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
+    """The graph's inputs and outputs must be the StateSpec's: same names, element types, ranks and static dims."""
+    for which, specs, args in (("input", inputs, session.get_inputs()), ("output", outputs, session.get_outputs())):
+        found = {a.name: a for a in args}
+        missing = [s.name for s in specs if s.name not in found]
+        extra = sorted(set(found) - {s.name for s in specs})
+        if missing or extra:
+            raise Arl2rtError(
+                f"{path}: graph {which}s do not match the package's state contract: missing {missing}, "
+                f"unexpected {extra}"
+            )
+        for spec in specs:
+            arg = found[spec.name]
+            want_type = _ONNX_TYPES[spec.torch_dtype][1]
+            if arg.type != want_type:
+                raise Arl2rtError(f"{path}: {which} {spec.name} has type {arg.type}; expected {want_type}")
+            shape = list(arg.shape)
+            if len(shape) != len(spec.shape) or any(
+                isinstance(want, int) and isinstance(got, int) and want != got for want, got in zip(spec.shape, shape)
+            ):
+                raise Arl2rtError(f"{path}: {which} {spec.name} has shape {shape}; expected {list(spec.shape)}")
