@@ -1,4 +1,4 @@
-"""The full-clip forward equals the streamed steps: one call over many blocks == the runtime block by block (float64)."""
+"""The full-clip forward equals the streamed steps: one call over many blocks == the runtime block by block."""
 
 from __future__ import annotations
 
