@@ -18,7 +18,10 @@ DIM, HEADS, TOKENS = 32, 2, 12
 
 def _layer_and_inputs(seed: int = 0):
     torch.manual_seed(seed)
-    layer = HybridSelfAttention(DIM, HEADS, 1e-6).double()
+    layer = HybridSelfAttention(DIM, HEADS, 1e-6, lora_rank=4).double()
+    with torch.no_grad():
+        for name in ("q", "k", "v"):  # trained-like LoRA factors (B starts at zero)
+            getattr(layer, f"lora_{name}_B").normal_()
     x = torch.randn(1, TOKENS, DIM, dtype=torch.float64)
     cos, sin = RopeTables(DIM // HEADS, 2, 2, 10000.0, 16).cos_sin(5, 3, torch.float64, x.device)
     state = torch.randn(1, HEADS, DIM // HEADS, DIM // HEADS, dtype=torch.float64)
@@ -37,7 +40,7 @@ def test_first_block_memory_branch_is_exactly_zero():
     with torch.no_grad():
         before = layer(x, cos, sin, zero, write=False)[0]
         # the memory path's weights cannot matter when the state is zero: the branch contributes exactly 0
-        for p in (layer.q_mem.weight, layer.phi_q.weight, layer.gate_proj.weight):
+        for p in (layer.lora_q_B, layer.phi_q.weight, layer.gate_proj.weight):
             p.add_(torch.randn_like(p))
         after = layer(x, cos, sin, zero, write=False)[0]
     assert torch.equal(before, after)

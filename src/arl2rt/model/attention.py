@@ -44,12 +44,17 @@ class SoftmaxSelfAttention(_QKV):
 class HybridSelfAttention(_QKV):
     """ARL2 hybrid attention (ARL2-SPEC.md §2): intra-block softmax + block-level read of a Gated DeltaNet state.
 
-    The memory path's q/k/v projections hold the merged LoRA (``W + scale * (A B)^T``, same bias as q/k/v).
+    The memory path shares the q/k/v projections with the softmax branch and adds a rank-r LoRA delta
+    (``W x + b + scale * x A B``), kept unmerged with upstream's names (``lora_q_A [dim, r]``, ``lora_q_B [r, dim]``):
+    reusing ``W x`` costs two skinny GEMMs instead of a second dim x dim projection per pass.
     """
 
-    def __init__(self, dim: int, num_heads: int, eps: float) -> None:
+    def __init__(self, dim: int, num_heads: int, eps: float, lora_rank: int = 16, lora_scale: float = 2.0) -> None:
         super().__init__(dim, num_heads, eps)
-        self.q_mem, self.k_mem, self.v_mem = (nn.Linear(dim, dim) for _ in range(3))
+        self.lora_scale = lora_scale
+        for name in ("q", "k", "v"):
+            setattr(self, f"lora_{name}_A", nn.Parameter(torch.randn(dim, lora_rank) / dim**0.5))
+            setattr(self, f"lora_{name}_B", nn.Parameter(torch.zeros(lora_rank, dim)))
         self.phi_q, self.phi_k, self.phi_v = (HeadwiseLinear(num_heads, self.head_dim) for _ in range(3))
         self.a_proj, self.b_proj, self.gate_proj = (nn.Linear(dim, num_heads, bias=False) for _ in range(3))
         self.A_log = nn.Parameter(torch.log(torch.empty(num_heads).uniform_(1.0, 16.0)))
@@ -57,13 +62,22 @@ class HybridSelfAttention(_QKV):
         dt = torch.exp(torch.empty(num_heads).uniform_(-6.9, -2.3))
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
 
-    def memory_query(self, x, cos, sin) -> torch.Tensor:
-        return l2norm(apply_rope(self.phi_q(self.heads(self.norm_q(self.q_mem(x)))), cos, sin))
+    def _lora(self, name: str, x: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
+        a, b = getattr(self, f"lora_{name}_A"), getattr(self, f"lora_{name}_B")
+        return projected + self.lora_scale * ((x @ a) @ b)
 
-    def write_inputs(self, x, cos, sin):
-        """k̂, v̂, g (log decay) and β of the GDN write; g and β in fp32 (float64 for a float64 model)."""
-        k = l2norm(apply_rope(self.phi_k(self.heads(self.norm_k(self.k_mem(x)))), cos, sin))
-        v = self.phi_v(self.heads(self.v_mem(x)))
+    def memory_query(self, x, cos, sin, q_proj: torch.Tensor | None = None) -> torch.Tensor:
+        """q̂ = L2norm(RoPE(φ_q(RMSNorm_q(W_q x + b_q + scale x A_q B_q)))); pass ``q_proj = W_q x + b_q`` to reuse it."""
+        q_proj = self.q(x) if q_proj is None else q_proj
+        return l2norm(apply_rope(self.phi_q(self.heads(self.norm_q(self._lora("q", x, q_proj)))), cos, sin))
+
+    def write_inputs(self, x, k_proj, v_proj, cos, sin):
+        """k̂, v̂, g (log decay) and β of the GDN write; g and β in fp32 (float64 for a float64 model).
+
+        ``k_proj``/``v_proj`` are the shared projections ``W_k x + b_k`` and ``W_v x + b_v``.
+        """
+        k = l2norm(apply_rope(self.phi_k(self.heads(self.norm_k(self._lora("k", x, k_proj)))), cos, sin))
+        v = self.phi_v(self.heads(self._lora("v", x, v_proj)))
         xf = x.to(accum_dtype(x.dtype))
         a = F.linear(xf, self.a_proj.weight.to(xf.dtype)) + self.dt_bias.to(xf.dtype)
         g = -self.A_log.to(xf.dtype).exp() * F.softplus(a)
@@ -75,15 +89,16 @@ class HybridSelfAttention(_QKV):
 
         Returns the output and, when ``write``, the new state (else None). Every token reads the same ``state``.
         """
-        q, k, v = self.qkv(x, cos, sin)
-        o_intra = attention(q, k, v)
-        qm = self.memory_query(x, cos, sin)
-        o_inter = block_read(qm, state)
+        q_proj, k_proj, v_proj = self.q(x), self.k(x), self.v(x)
+        q = apply_rope(self.heads(self.norm_q(q_proj)), cos, sin)
+        k = apply_rope(self.heads(self.norm_k(k_proj)), cos, sin)
+        o_intra = attention(q, k, self.heads(v_proj))
+        o_inter = block_read(self.memory_query(x, cos, sin, q_proj), state)
         gate = torch.sigmoid(self.gate_proj(x))[..., None]
         out = self.o((o_intra + gate * o_inter).flatten(2))
         new_state = None
         if write:
-            new_state = gdn_state_update(*self.write_inputs(x, cos, sin), state)
+            new_state = gdn_state_update(*self.write_inputs(x, k_proj, v_proj, cos, sin), state)
         return out, new_state
 
 

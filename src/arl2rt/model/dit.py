@@ -1,8 +1,10 @@
 """The Wan2.1-style causal DiT with ARL2 hybrid layers, run one AR block (one step) at a time.
 
 Parameter names follow Wan2.1 / Causal Forcing (``blocks.{i}.self_attn.q.weight``, ``head.head.weight``, ...) so
-checkpoints load by name; hybrid layers add ARL2's parameters (``a_proj``, ``A_log``, ``phi_q``, ...) with the
-memory-path LoRA merged into ``q_mem``/``k_mem``/``v_mem`` (see :mod:`arl2rt.model.checkpoint`).
+checkpoints load by name; hybrid layers add ARL2's parameters (``a_proj``, ``A_log``, ``phi_q``, ...) and keep the
+memory path's LoRA factors unmerged under upstream's names (``lora_q_A [dim, r]``, ``lora_q_B [r, dim]``, same for k
+and v): the memory path reuses the shared ``W_q x`` (an earlier draft had merged ``q_mem``/``k_mem``/``v_mem`` Linear
+layers, which cost a dim x dim GEMM more per pass; they no longer exist). FFN LoRA is merged into ``ffn.0``/``ffn.2``.
 
 State is explicit: a step takes the pre-step GDN states and past K/V and returns new ones, never hiding them in the
 module. That is what lets the exporter turn a step into a graph with the state as named inputs and outputs.
@@ -45,9 +47,11 @@ class DiTBlock(nn.Module):
     def __init__(self, cfg: ModelConfig, hybrid: bool) -> None:
         super().__init__()
         self.hybrid = hybrid
-        attn_cls = HybridSelfAttention if hybrid else SoftmaxSelfAttention
         self.norm1 = LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
-        self.self_attn = attn_cls(cfg.dim, cfg.num_heads, cfg.eps)
+        if hybrid:
+            self.self_attn = HybridSelfAttention(cfg.dim, cfg.num_heads, cfg.eps, cfg.lora_rank, cfg.lora_scale)
+        else:
+            self.self_attn = SoftmaxSelfAttention(cfg.dim, cfg.num_heads, cfg.eps)
         self.norm3 = LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=True)
         self.cross_attn = CrossAttention(cfg.dim, cfg.num_heads, cfg.eps)
         self.norm2 = LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
