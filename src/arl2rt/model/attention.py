@@ -67,7 +67,7 @@ class HybridSelfAttention(_QKV):
         return projected + self.lora_scale * ((x @ a) @ b)
 
     def memory_query(self, x, cos, sin, q_proj: torch.Tensor | None = None) -> torch.Tensor:
-        """q̂ = L2norm(RoPE(φ_q(RMSNorm_q(W_q x + b_q + scale x A_q B_q)))); pass ``q_proj = W_q x + b_q`` to reuse it."""
+        """q̂ = L2norm(RoPE(φ_q(RMSNorm_q(W_q x + b_q + s x A_q B_q)))); pass ``q_proj = W_q x + b_q`` to reuse it."""
         q_proj = self.q(x) if q_proj is None else q_proj
         return l2norm(apply_rope(self.phi_q(self.heads(self.norm_q(self._lora("q", x, q_proj)))), cos, sin))
 
