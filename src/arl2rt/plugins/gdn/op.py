@@ -30,3 +30,13 @@ def gdn_state_update(
 @gdn_state_update.register_fake
 def _(k, v, g, beta, state):
     return torch.empty_like(state)
+
+
+@gdn_state_update.register_kernel("cuda")
+def _(k, v, g, beta, state):
+    # Triton is imported on first CUDA call only; shapes or dtypes the kernel lacks fall back to the reference.
+    from arl2rt.plugins.gdn import chunk
+
+    if k.shape[-1] in chunk.SUPPORTED_DIMS and v.shape[-1] in chunk.SUPPORTED_DIMS and k.dtype in chunk.INPUT_DTYPES:
+        return chunk.chunk_gated_delta_rule_state(k, v.to(k.dtype), g, beta, state).to(state.dtype)
+    return chunk_gated_delta_rule_state(k, v, g, beta, state).to(state.dtype)
