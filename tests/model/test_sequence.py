@@ -109,8 +109,8 @@ def test_clip_forward_is_differentiable_through_the_state_write(tiny_cfg):
     t = torch.rand(clip.shape[0], clip.shape[2], generator=gen, dtype=torch.float64) * 1000
     clip_forward(model, clip, t, model.encode_context(context)).square().mean().backward()
     attn = model.blocks[cfg.hybrid_layers[0]].self_attn
-    # k_mem, A_log and b_proj act only through the GDN write, which block 1 reads
-    for p in (attn.k_mem.weight, attn.A_log, attn.b_proj.weight):
+    # the k LoRA, A_log and b_proj act only through the GDN write, which block 1 reads
+    for p in (attn.lora_k_B, attn.A_log, attn.b_proj.weight):
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().max() > 0
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from arl2rt.errors import Arl2rtError
 from arl2rt.model.dit import CausalDiT, DiTBlock, _gated, _modulate
 from arl2rt.model.gated_delta import block_read, chunk_gated_delta_rule_state
-from arl2rt.model.layers import accum_dtype, attention, sinusoidal_embedding
+from arl2rt.model.layers import accum_dtype, apply_rope, attention, l2norm, sinusoidal_embedding
 
 
 def clip_forward(
@@ -143,22 +143,29 @@ def _softmax_attention(attn, x, cos, sin, mask):
 
 
 def _hybrid_attention(attn, x, cos, sin, num_blocks, clean_len):
-    """Intra-block softmax + block-level read of the state built from the clean blocks before each block."""
-    q, k, v = attn.qkv(x, cos, sin)
+    """Intra-block softmax + block-level read of the state built from the clean blocks before each block.
+
+    The projections are those of ``HybridSelfAttention.forward`` (shared q/k/v, LoRA delta on the memory path);
+    only the grouping differs: all blocks at once, each reading its own pre-update state.
+    """
+    q_proj, k_proj, v_proj = attn.q(x), attn.k(x), attn.v(x)
+    q = apply_rope(attn.heads(attn.norm_q(q_proj)), cos, sin)
+    k = apply_rope(attn.heads(attn.norm_k(k_proj)), cos, sin)
+    q_mem = l2norm(apply_rope(attn.phi_q(attn.heads(attn.norm_q(attn._lora("q", x, q_proj)))), cos, sin))
     blocks = x.shape[1] // (clean_len // num_blocks)  # blocks of the whole sequence (both halves)
 
     def per_block(t: torch.Tensor) -> torch.Tensor:  # [B, L, ...] -> [B * blocks, L_block, ...]
         return t.unflatten(1, (blocks, -1)).flatten(0, 1)
 
-    o_intra = attention(per_block(q), per_block(k), per_block(v))
-    states = _block_states(*attn.write_inputs(x[:, :clean_len], cos[:clean_len], sin[:clean_len]), num_blocks)
-    states = states.repeat(1, blocks // num_blocks, 1, 1, 1).flatten(0, 1)  # clean and noisy block j read S_j
-    o_inter = block_read(per_block(attn.memory_query(x, cos, sin)), states)
-    gate = torch.sigmoid(attn.gate_proj(x))[..., None]
-
     def sequence(t: torch.Tensor) -> torch.Tensor:  # [B * blocks, L_block, ...] -> [B, L, ...]
         return t.unflatten(0, (x.shape[0], blocks)).flatten(1, 2)
 
+    o_intra = attention(per_block(q), per_block(k), per_block(attn.heads(v_proj)))
+    c = slice(0, clean_len)
+    states = _block_states(*attn.write_inputs(x[:, c], k_proj[:, c], v_proj[:, c], cos[c], sin[c]), num_blocks)
+    states = states.repeat(1, blocks // num_blocks, 1, 1, 1).flatten(0, 1)  # clean and noisy block j read S_j
+    o_inter = block_read(per_block(q_mem), states)
+    gate = torch.sigmoid(attn.gate_proj(x))[..., None]
     return attn.o((sequence(o_intra) + gate * sequence(o_inter)).flatten(2))
 
 
