@@ -1,6 +1,8 @@
-"""Shared fixtures: seeded tiny models and random (never zero) inputs."""
+"""Shared fixtures: seeded tiny models and random (never zero) inputs; NaN-poisoned library allocations."""
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 import torch
@@ -22,3 +24,24 @@ def tiny_model(tiny_cfg):
 @pytest.fixture
 def tiny_context(tiny_cfg) -> torch.Tensor:
     return random_context(tiny_cfg, seed=3)
+
+
+_EMPTY_FACTORIES = ("empty", "empty_like", "empty_strided")
+
+
+@pytest.fixture(autouse=True)
+def _poison_uninitialised_memory(monkeypatch):
+    """torch.empty* called from arl2rt code returns NaN-filled memory, so reading a slot nothing wrote fails loudly."""
+
+    def poisoned(factory):
+        def make(*args, **kwargs):
+            out = factory(*args, **kwargs)
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            if caller.startswith("arl2rt") and out.is_floating_point():
+                out.fill_(float("nan"))
+            return out
+
+        return make
+
+    for name in _EMPTY_FACTORIES:
+        monkeypatch.setattr(torch, name, poisoned(getattr(torch, name)))

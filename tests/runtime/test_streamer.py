@@ -117,3 +117,12 @@ def test_rope_table_limit_is_a_clear_error(tiny_cfg, tiny_context):
         list(s.stream(2))
         with pytest.raises(Arl2rtError, match="RoPE table"):
             s.next_block()
+
+
+def test_unwritten_cache_memory_is_poisoned_in_tests(tiny_cfg):
+    """The conftest NaN-fills library allocations: a stream that read unwritten cache slots would turn NaN."""
+    from arl2rt.runtime.state_store import StateStore
+
+    store = StateStore(StateSpec(_small(tiny_cfg)), batch=1, device="cpu", max_frames=2)
+    cache = store.caches[tiny_cfg.softmax_layers[0]]
+    assert torch.isnan(cache.key).all() and cache.view()[0].numel() == 0
