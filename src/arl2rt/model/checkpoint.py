@@ -6,11 +6,11 @@ Every source is turned into the DEPLOYMENT form of :class:`~arl2rt.model.dit.Cau
   weights, ``use_ema``), keys under ``model.``, possibly wrapped by FSDP / activation checkpointing / torch.compile.
   They are read with ``torch.load(weights_only=True)`` only: a file that needs more than tensors and plain containers
   is refused, since unpickling arbitrary objects can run code.
-* ARL2's LoRA factors are merged, ``W <- W + (alpha / rank) * (A @ B)^T`` (upstream computes ``(x @ A) @ B * scale``
-  with ``A [in, r]``, ``B [r, out]``): the memory path's ``lora_{q,k,v}_{A,B}`` become ``{q,k,v}_mem`` (the shared
-  ``q/k/v`` weight plus the delta, the same bias) and the FFN's ``LoRALinear`` (``ffn.0.linear.weight``,
-  ``ffn.0.lora_A``, ...) becomes a plain ``ffn.0``. A hybrid layer without GDN-path LoRA (upstream ``lora_rank = 0``)
-  gets ``{q,k,v}_mem`` equal to ``q/k/v``.
+* The FFN's LoRA is merged: upstream's ``LoRALinear`` (``ffn.0.linear.{weight,bias}``, ``ffn.0.lora_A [in, r]``,
+  ``ffn.0.lora_B [r, out]``, computing ``linear(x) + (x @ A) @ B * scale``, scale = alpha / rank) becomes a plain
+  ``ffn.0`` with ``W <- W + scale * (A @ B)^T``. The memory path's ``lora_{q,k,v}_{A,B}`` stay factors, as the
+  model keeps them (it reuses the shared ``W x``); a hybrid layer saved without them (upstream ``lora_rank = 0``)
+  gets zero factors, i.e. the shared q/k/v.
 * Wan base weights (``diffusion_pytorch_model.safetensors``, or shards plus ``*.safetensors.index.json``) have no
   ARL2 parameters. Loading them into a config with hybrid layers needs the ARL2 weights as a ``delta`` checkpoint
   laid over the base (its keys win). A base checkpoint alone is refused unless the caller opts in to randomly
@@ -37,9 +37,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from arl2rt.errors import Arl2rtError
-from arl2rt.model.attention import HybridSelfAttention
 from arl2rt.model.config import ModelConfig
-from arl2rt.model.dit import CausalDiT
+from arl2rt.model.dit import CausalDiT, DiTBlock
 
 TORCH_SUFFIXES = (".pt", ".pth")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -47,13 +46,13 @@ INDEX_SUFFIX = ".safetensors.index.json"
 FORMAT_KEY, FORMAT_NAME, CONFIG_KEY = "format", "arl2rt", "arl2rt.config"
 # Module wrappers whose names FSDP, activation checkpointing, torch.compile and DataParallel insert into keys.
 WRAPPER_NAMES = frozenset({"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod", "module"})
-# Parameters a hybrid layer's self_attn has beyond a softmax layer's (deployment form): the write gates, decay and
-# phi maps, and the memory path's merged projections.
-GATE_PARAMS = ("a_proj.weight", "b_proj.weight", "gate_proj.weight", "A_log", "dt_bias")
-PHI_PARAMS = ("phi_q.weight", "phi_k.weight", "phi_v.weight")
-MEM_PARAMS = tuple(f"{n}_mem.{leaf}" for n in "qkv" for leaf in ("weight", "bias"))
-ARL2_PARAMS = GATE_PARAMS + PHI_PARAMS + MEM_PARAMS
+# What a hybrid layer's self_attn has beyond a softmax layer's: write gates and decay, phi maps, memory-path LoRA.
 GDN_LORA = tuple(f"lora_{n}_{f}" for n in "qkv" for f in "AB")
+ARL2_PARAMS = (
+    ("a_proj.weight", "b_proj.weight", "gate_proj.weight", "A_log", "dt_bias")
+    + ("phi_q.weight", "phi_k.weight", "phi_v.weight")
+    + GDN_LORA
+)
 
 
 @dataclass
@@ -303,19 +302,21 @@ def to_deployment(
         looks = ": this looks like a base Wan / Causal Forcing checkpoint" if every else ""
         problems.other.append(
             f"hybrid layers {_ranges(absent)} have no ARL2 parameters (a/b/gate projections, A_log, dt_bias, phi "
-            f"maps){looks}; give the ARL2 weights as a delta checkpoint (delta=..., --delta) or opt in to random "
+            f"maps, LoRA){looks}; give the ARL2 weights as a delta checkpoint (delta=..., --delta) or opt in to random "
             "ARL2 parameters (allow_random_arl2=True, --allow-random-arl2), which does not reproduce ARL2 quality"
         )
     _merge_ffn_lora(sd, cfg, problems, merged)
-    skip = set()
-    for i in cfg.hybrid_layers:
-        if i in absent:
-            skip.update(f"blocks.{i}.self_attn.{p}" for p in ARL2_PARAMS)
-        else:
-            _merge_gdn_lora(sd, cfg, i, problems, merged, skip)
+    for i in set(cfg.hybrid_layers) - set(absent):
+        p = f"blocks.{i}.self_attn"
+        if not any(f"{p}.{name}" in sd for name in GDN_LORA):  # upstream lora_rank = 0: the shared q/k/v as they are
+            for n in "qkv":
+                sd[f"{p}.lora_{n}_A"] = torch.zeros(cfg.dim, cfg.lora_rank)
+                sd[f"{p}.lora_{n}_B"] = torch.zeros(cfg.lora_rank, cfg.dim)
     random_layers = tuple(absent) if allow_random_arl2 else ()
     if random_layers:
         _fill_random_arl2(sd, cfg, random_layers, seed)
+    # a layer without any ARL2 parameter is reported once, above, not as a dozen missing keys
+    skip = {f"blocks.{i}.self_attn.{name}" for i in absent for name in ARL2_PARAMS}
     problems.missing.update(k for k in expected if k not in sd and k not in skip)
     problems.unexpected.update(k for k in sd if k not in expected)
     for key in sd.keys() & expected.keys():
@@ -331,7 +332,7 @@ def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 def _has_arl2(sd: dict, layer: int) -> bool:
     prefix = f"blocks.{layer}.self_attn."
-    return any(prefix + p in sd for p in ARL2_PARAMS + GDN_LORA)
+    return any(prefix + p in sd for p in ARL2_PARAMS)
 
 
 def _ranges(layers: list[int]) -> str:
@@ -375,9 +376,10 @@ def _merge_ffn_lora(sd: dict, cfg: ModelConfig, problems: _Problems, merged: lis
             continue
         if a_key not in sd or b_key not in sd:
             problems.missing.add(a_key if a_key not in sd else b_key)
+            sd.pop(a_key, None), sd.pop(b_key, None)
             continue
-        if w_key not in sd:
-            problems.missing.add(f"{p}.linear.weight")
+        if w_key not in sd:  # reported as missing by the key check
+            sd.pop(a_key), sd.pop(b_key)
             continue
         if _lora_shapes_ok(sd, problems, a_key, b_key, sd[w_key], cfg.lora_rank):
             sd[w_key] = _merged(sd[w_key], sd.pop(a_key), sd.pop(b_key), cfg.lora_scale)
@@ -386,50 +388,14 @@ def _merge_ffn_lora(sd: dict, cfg: ModelConfig, problems: _Problems, merged: lis
             sd.pop(a_key), sd.pop(b_key)
 
 
-def _merge_gdn_lora(
-    sd: dict, cfg: ModelConfig, layer: int, problems: _Problems, merged: list[str], skip: set[str]
-) -> None:
-    """Build the memory path's ``{q,k,v}_mem`` of one hybrid layer from ``q/k/v`` and their GDN-path LoRA."""
-    p = f"blocks.{layer}.self_attn"
-    with_lora = [n for n in "qkv" if f"{p}.lora_{n}_A" in sd or f"{p}.lora_{n}_B" in sd]
-    for n in "qkv":
-        mem, a_key, b_key = f"{p}.{n}_mem", f"{p}.lora_{n}_A", f"{p}.lora_{n}_B"
-        if f"{mem}.weight" in sd or f"{mem}.bias" in sd:
-            continue  # already deployment form; leftover factors are reported as unexpected
-        w, bias = sd.get(f"{p}.{n}.weight"), sd.get(f"{p}.{n}.bias")
-        if w is None or bias is None:
-            skip.update((f"{mem}.weight", f"{mem}.bias"))  # the missing q/k/v is what gets reported
-            continue
-        if with_lora and (a_key not in sd or b_key not in sd):
-            problems.missing.update(k for k in (a_key, b_key) if k not in sd)
-            skip.update((f"{mem}.weight", f"{mem}.bias"))
-            sd.pop(a_key, None), sd.pop(b_key, None)
-            continue
-        if not with_lora:  # upstream lora_rank = 0: the memory path uses q/k/v as they are
-            sd[f"{mem}.weight"], sd[f"{mem}.bias"] = w.clone(), bias.clone()
-            continue
-        if _lora_shapes_ok(sd, problems, a_key, b_key, w, cfg.lora_rank):
-            sd[f"{mem}.weight"] = _merged(w, sd.pop(a_key), sd.pop(b_key), cfg.lora_scale)
-            sd[f"{mem}.bias"] = bias.clone()
-            merged.append(f"{mem}.weight")
-        else:
-            sd.pop(a_key), sd.pop(b_key)
-            skip.update((f"{mem}.weight", f"{mem}.bias"))
-
-
 def _fill_random_arl2(sd: dict, cfg: ModelConfig, layers: tuple[int, ...], seed: int) -> None:
-    """What upstream's ``from_teacher`` + ``enable_gdn_lora`` start from: fresh gates, phi = identity and LoRA B = 0,
-    so ``{q,k,v}_mem`` = ``q/k/v``. Seeded per layer, so two loads give the same model."""
+    """What upstream's ``from_teacher`` + ``enable_gdn_lora`` start from: fresh gates, phi = identity, LoRA B = 0.
+    Seeded per layer, so two loads give the same model."""
     with torch.random.fork_rng():
         for i in layers:
             torch.manual_seed(seed + i)
-            fresh = HybridSelfAttention(cfg.dim, cfg.num_heads, cfg.eps).state_dict()
-            p = f"blocks.{i}.self_attn"
-            sd.update({f"{p}.{name}": fresh[name] for name in GATE_PARAMS + PHI_PARAMS})
-            for n in "qkv":
-                for leaf in ("weight", "bias"):
-                    if f"{p}.{n}.{leaf}" in sd:  # else the missing q/k/v is reported
-                        sd[f"{p}.{n}_mem.{leaf}"] = sd[f"{p}.{n}.{leaf}"].clone()
+            fresh = DiTBlock(cfg, hybrid=True).self_attn.state_dict()
+            sd.update((f"blocks.{i}.self_attn.{name}", fresh[name]) for name in ARL2_PARAMS)
 
 
 # ---------------------------------------------------------------------------------------------- public entry points
