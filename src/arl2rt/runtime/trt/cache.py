@@ -1,0 +1,163 @@
+"""The engine cache: built engines stored under a digest of everything they depend on, verified before use.
+
+An entry is a directory ``<root>/<digest>/`` holding one ``<graph>.engine`` per step graph and ``entry.json``: the key
+(TensorRT flavour and version, device or RTX target list, ONNX and plugin hashes, profile shapes, precision, builder
+settings), the digest of that key, and each engine's size and sha256. Anything that changes the key lands in another
+directory (a miss); an entry whose files do not match its record is corrupt and is rebuilt, never loaded. Entries are
+written in a temporary directory and renamed into place, so a killed build leaves no half entry behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from arl2rt.errors import Arl2rtError
+
+ENTRY_FILE = "entry.json"
+ENTRY_FORMAT = 1
+
+
+def key_digest(key: dict) -> str:
+    """sha256 of the key's canonical JSON: the entry's directory name."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    path: Path
+    key: dict
+    engines: dict[str, Path]
+    record: dict
+
+    def engine_bytes(self, graph: str) -> bytes:
+        return self.engines[graph].read_bytes()
+
+
+@dataclass(frozen=True)
+class Lookup:
+    status: str  # "hit", "miss" or "corrupt"
+    entry: CacheEntry | None = None
+    reason: str = ""
+
+
+def read_entry(path: Path, expected_key: dict | None = None) -> CacheEntry:
+    """Load and verify the entry in ``path``; an Arl2rtError names the file and what does not match.
+
+    With ``expected_key``, an entry built for anything else (another TensorRT, GPU, ONNX file, profile...) is refused
+    and the message lists the fields that differ.
+    """
+    record_path = path / ENTRY_FILE
+    try:
+        record = json.loads(record_path.read_text())
+    except FileNotFoundError:
+        raise Arl2rtError(
+            f"{record_path}: no engine entry here (expected a directory written by `arl2rt build`)"
+        ) from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Arl2rtError(f"{record_path}: unreadable engine entry ({exc})") from None
+    if not isinstance(record, dict) or record.get("format") != ENTRY_FORMAT:
+        found = record.get("format") if isinstance(record, dict) else type(record).__name__
+        raise Arl2rtError(f"{record_path}: expected entry format {ENTRY_FORMAT}, found {found!r}")
+    key = record.get("key")
+    if not isinstance(key, dict) or record.get("digest") != key_digest(key):
+        raise Arl2rtError(f"{record_path}: the recorded digest does not match the recorded key (edited or corrupted)")
+    if expected_key is not None and key != expected_key:
+        fields = sorted(k for k in expected_key.keys() | key.keys() if expected_key.get(k) != key.get(k))
+        diffs = "; ".join(f"{k}: built for {key.get(k)!r}, this machine needs {expected_key.get(k)!r}" for k in fields)
+        raise Arl2rtError(f"{path}: engines built for another setup ({diffs}); rebuild with `arl2rt build`")
+    engines = {}
+    for graph, info in record.get("engines", {}).items():
+        file = path / info["file"]
+        if not file.is_file():
+            raise Arl2rtError(f"{file}: engine file missing (entry lists {info['bytes']} bytes)")
+        size = file.stat().st_size
+        if size != info["bytes"]:
+            raise Arl2rtError(f"{file}: expected {info['bytes']} bytes, found {size}")
+        digest = file_sha256(file)
+        if digest != info["sha256"]:
+            raise Arl2rtError(f"{file}: expected sha256 {info['sha256']}, found {digest}")
+        engines[graph] = file
+    return CacheEntry(path, key, engines, record)
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class EngineCache:
+    """Engines on disk under ``root``, one verified entry per key."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def entry_path(self, key: dict) -> Path:
+        return self.root / key_digest(key)
+
+    def lookup(self, key: dict) -> Lookup:
+        path = self.entry_path(key)
+        if not path.exists():
+            return Lookup("miss")
+        try:
+            return Lookup("hit", read_entry(path, expected_key=key))
+        except Arl2rtError as exc:
+            return Lookup("corrupt", reason=str(exc))
+
+    def store(self, key: dict, engines: dict[str, bytes], info: dict | None = None) -> CacheEntry:
+        """Write the engines as the entry of ``key``, replacing a corrupt one; returns the verified entry."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        final = self.entry_path(key)
+        tmp = self.root / f".tmp-{final.name[:16]}-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            files = {}
+            for graph, data in engines.items():
+                name = f"{graph}.engine"
+                (tmp / name).write_bytes(data)
+                files[graph] = {"file": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            record = {
+                "format": ENTRY_FORMAT,
+                "digest": key_digest(key),
+                "key": key,
+                "engines": files,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **(info or {}),
+            }
+            (tmp / ENTRY_FILE).write_text(json.dumps(record, indent=2, sort_keys=True))
+            if final.exists():
+                trash = self.root / f".trash-{uuid.uuid4().hex}"
+                os.replace(final, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                # another process stored the same key meanwhile: keep theirs if it verifies
+                shutil.rmtree(tmp, ignore_errors=True)
+            return read_entry(final, expected_key=key)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    # -- timing cache: shared by every build with the same TensorRT and GPU --------------------------------------
+    def timing_cache_path(self, flavour: str, version: str, device: str) -> Path:
+        return self.root / "timing" / f"{flavour}-{version}-{device}.cache"
+
+    def save_timing_cache(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_bytes_atomic(path, data)
