@@ -1,0 +1,129 @@
+"""Library side of ``arl2rt parity``: build the float64 reference and the candidate, stream, compare, hand off.
+
+The candidate is the torch backend at a precision, or an onnxruntime backend on a model package: one given with
+``package``, or one exported from the same model for ``target``/``dtype`` (into a temporary directory, or into
+``save_polygraphy/package`` when the polygraphy hand-off needs the graphs to stay).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from arl2rt.errors import Arl2rtError
+from arl2rt.export.state_spec import StateSpec
+from arl2rt.model.dit import CausalDiT
+from arl2rt.parity.compare import Tolerances
+from arl2rt.parity.result import MODES, ParityResult
+from arl2rt.parity.runner import run_parity
+from arl2rt.runtime.backend import Backend
+from arl2rt.runtime.torch_backend import TorchBackend
+
+CANDIDATE_BACKENDS = ("onnxruntime", "torch")
+
+
+@dataclass
+class ParityReport:
+    result: ParityResult
+    package: Path | None  # the ONNX package the candidate ran (None for the torch backend)
+    polygraphy: dict[str, dict] | None  # graph -> files and commands, when saved
+
+    def to_dict(self) -> dict:
+        out = self.result.to_dict()
+        out["package"] = str(self.package) if self.package else None
+        out["polygraphy"] = self.polygraphy
+        return out
+
+
+def _torch_backend(model: CausalDiT, dtype: str, device: str) -> TorchBackend:
+    # each backend converts its own copy: TorchBackend casts the module in place
+    return TorchBackend(lambda: copy.deepcopy(model), StateSpec(model.cfg, dtype), device)
+
+
+def _package(model: CausalDiT, package: Path | None, target: str, dtype: str, export_dir: Path, progress):
+    from arl2rt.export.package import ModelPackage, export_package
+
+    if package is None:
+        return export_package(model, export_dir, target=target, dtype=dtype, progress=progress)
+    loaded = ModelPackage.load(package)
+    if loaded.config != model.cfg:
+        raise Arl2rtError(
+            f"package {package}: exported for config {loaded.config.name!r}, but the reference model is "
+            f"{model.cfg.name!r} (configs differ)"
+        )
+    return loaded
+
+
+def check_parity(
+    model: CausalDiT,
+    context: torch.Tensor,
+    *,
+    backend: str = "onnxruntime",
+    target: str = "onnxruntime",
+    dtype: str = "float32",
+    package: Path | None = None,
+    blocks: int = 16,
+    seed: int = 0,
+    modes: Iterable[str] = MODES,
+    atol: dict[str, float] | None = None,
+    rtol: dict[str, float] | None = None,
+    device: str = "cpu",
+    save_polygraphy: Path | None = None,
+    polygraphy_block: int | None = None,
+    progress: Callable[[], None] | None = None,
+) -> ParityReport:
+    """Stream ``blocks`` blocks of ``model`` on the float64 torch reference and on the candidate; compare each step.
+
+    ``dtype`` is the candidate's precision (a given package's own precision wins; a different explicit one is an
+    error). ``atol``/``rtol`` override the defaults of that precision per tensor name or kind (key ``""``: default).
+    """
+    if backend not in CANDIDATE_BACKENDS:
+        raise Arl2rtError(f"parity backend {backend!r}: expected one of {list(CANDIDATE_BACKENDS)}")
+    if backend == "torch" and (package is not None or save_polygraphy is not None):
+        raise Arl2rtError("--package and --save-polygraphy need ONNX graphs: use --backend onnxruntime")
+    capture = None
+    if save_polygraphy is not None:
+        capture = blocks - 1 if polygraphy_block is None else polygraphy_block
+    with ExitStack() as stack:
+        package_path = None
+        if backend == "torch":
+            candidate: Backend = _torch_backend(model, dtype, device)
+        else:
+            from arl2rt.runtime.onnxruntime_backend import OnnxRuntimeBackend
+
+            if save_polygraphy is not None and package is None:
+                export_dir = save_polygraphy / "package"
+            else:
+                export_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="arl2rt-parity-"))) / "pkg"
+            pkg = _package(model, package, target, dtype, export_dir, None)
+            if package is not None and pkg.spec.dtype != dtype:
+                raise Arl2rtError(f"package {package} holds {pkg.spec.dtype} graphs; expected --dtype {dtype}")
+            package_path = pkg.root
+            candidate = OnnxRuntimeBackend(pkg, device)
+        reference = _torch_backend(model, "float64", device)
+        stack.enter_context(reference)
+        stack.enter_context(candidate)
+        tolerances = Tolerances.for_dtype(candidate.spec.dtype, atol, rtol)
+        result, captures = run_parity(
+            reference,
+            candidate,
+            context,
+            blocks=blocks,
+            seed=seed,
+            modes=modes,
+            tolerances=tolerances,
+            capture_block=capture,
+            progress=progress,
+        )
+        saved = None
+        if save_polygraphy is not None:
+            from arl2rt.parity.polygraphy_io import save_polygraphy as save
+
+            saved = save(save_polygraphy, captures, candidate.spec, tolerances, package_path)
+        return ParityReport(result, package_path if package is not None or saved else None, saved)
