@@ -29,6 +29,7 @@ scan's two products in the half input dtype (faster, as flash-linear-attention d
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -306,19 +307,22 @@ def _output_kernel(
 class ChunkConfig:
     """Tuning knobs; the defaults are the H200 choices recorded in benchmarks/results/gdn_kernels.md.
 
-    ``segments``: how many pieces T is cut into for the scan (None: enough programs for ``target_programs``).
-    ``block_v``: state columns per scan program. ``precision``: Triton ``input_precision`` of fp32 products
-    (None: "tf32x3" for fp32 inputs, "tf32" for half inputs). ``half_state_dots``: see the module docstring.
+    ``segments``: how many pieces T is cut into for the scan (None: enough for about ``target_programs`` programs).
+    ``block_v``: state columns per scan program (None: 64 for half inputs, 32 for fp32, whose split tf32x3 operands
+    need more registers). ``precision``: Triton ``input_precision`` of fp32 products (None: "tf32x3" for fp32 inputs,
+    "tf32" for half inputs). ``store_dtype``: dtype of W and U in the workspace (None: the input dtype).
+    ``half_state_dots``: see the module docstring.
     """
 
     segments: int | None = None
     target_programs: int = 264
-    block_v: int = 64
-    scan_warps: int = 4
+    block_v: int | None = None
+    scan_warps: int = 8
     scan_stages: int = 2
-    prep_warps: int = 4
+    prep_warps: int = 8
+    combine_block_v: int = 32
     combine_warps: int = 4
-    output_warps: int = 4
+    output_warps: int = 8
     half_state_dots: bool = False
     precision: str | None = None
     store_dtype: torch.dtype | None = None
@@ -355,6 +359,7 @@ def _segments(cfg: ChunkConfig, bh: int, nt: int, ndv: int, ncol: int) -> int:
     return math.ceil(nt / cps)
 
 
+@functools.lru_cache(maxsize=256)
 def plan_chunk(
     batch: int,
     seq_len: int,
@@ -379,7 +384,7 @@ def plan_chunk(
     cfg = config or ChunkConfig()
     K, V, bh = head_k, head_v, batch * num_heads
     nt = math.ceil(seq_len / CHUNK)
-    bv = min(cfg.block_v, K, V)
+    bv = min(cfg.block_v or (32 if dtype == torch.float32 else 64), K, V)
     ndv, ncol = V // bv, V // bv + K // bv
     nseg = 1 if with_output else _segments(cfg, bh, nt, ndv, ncol)
     cps = math.ceil(nt / nseg)
@@ -455,12 +460,12 @@ def plan_chunk(
         launches.append(
             KernelLaunch(
                 _combine_kernel,
-                (V // bv, bh, 1),
+                (V // min(cfg.combine_block_v, V), bh, 1),
                 cfg.combine_warps,
                 1,
                 ("seg", "NSEG", "out"),
                 {"seg": f32, "NSEG": "i32", "out": f32},
-                {"K": K, "V": V, "BV": bv, "BK": min(K, 32), "PREC": prec},
+                {"K": K, "V": V, "BV": min(cfg.combine_block_v, V), "BK": min(K, 32), "PREC": prec},
             )
         )
     if with_output:

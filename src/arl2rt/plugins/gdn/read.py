@@ -11,6 +11,7 @@ keeps its slice of S on chip and streams ``tiles`` row tiles of q through it, so
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -87,6 +88,7 @@ class ReadConfig:
     num_stages: int = 3
 
 
+@functools.lru_cache(maxsize=256)
 def plan_block_read(
     batch: int,
     seq_len: int,
