@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from arl2rt import __version__
-from arl2rt.cli import doctor, generate, parity
+from arl2rt.cli import build, doctor, generate, parity
 
 app = typer.Typer(
     name="arl2rt",
@@ -35,6 +35,7 @@ def _root(
 app.add_typer(doctor.app)
 app.add_typer(generate.app)
 app.add_typer(parity.app)
+app.add_typer(build.app)
 
 
 def main() -> None:

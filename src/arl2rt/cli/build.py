@@ -1,0 +1,76 @@
+"""``arl2rt build``: TensorRT engines for an exported package, through the engine cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from arl2rt.cli._common import err, out, print_json, user_errors
+from arl2rt.runtime.trt.build import build_engines, default_cache_dir
+
+app = typer.Typer()
+
+
+@app.command()
+@user_errors
+def build(
+    package: Annotated[Path, typer.Argument(help="Package directory written by `arl2rt export`.")],
+    backend: Annotated[
+        str, typer.Option(help="tensorrt (GPU, plugins) or tensorrt-rtx (portable target; builds without a GPU).")
+    ] = "tensorrt",
+    max_frames: Annotated[
+        int | None, typer.Option(min=1, help="Longest stream in latent frames: sets the past-length profile (21).")
+    ] = None,
+    max_batch: Annotated[int, typer.Option(min=1, help="Largest batch the engines accept.")] = 1,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Engine cache (default $ARL2RT_CACHE_DIR or ~/.cache/arl2rt/engines).")
+    ] = None,
+    compute_capability: Annotated[
+        list[str] | None, typer.Option(help="tensorrt-rtx target, e.g. SM86 (repeatable; default: RTX's own list).")
+    ] = None,
+    optimization_level: Annotated[
+        int | None, typer.Option(min=0, max=5, help="TensorRT builder optimization level (default: TensorRT's).")
+    ] = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Build even when the cache has the engines.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Build (or find in the cache) the engines of a package's three step graphs."""
+    with err.status("building engines", spinner="dots") as status:
+
+        def progress(message: str) -> None:
+            if err.is_terminal:
+                status.update(message)
+            else:
+                err.print(message, highlight=False, markup=False)
+
+        result = build_engines(
+            package,
+            backend=backend,
+            max_frames=max_frames,
+            max_batch=max_batch,
+            cache_dir=cache_dir or default_cache_dir(),
+            compute_capabilities=tuple(compute_capability or ()),
+            optimization_level=optimization_level,
+            rebuild=rebuild,
+            progress=progress,
+        )
+    files = result.entry.record["engines"]
+    summary = {
+        "status": result.status,
+        "reason": result.reason,
+        "entry": str(result.entry.path),
+        "backend": backend,
+        "key": result.entry.key,
+        "engines": {g: {"bytes": f["bytes"], "seconds": result.seconds.get(g)} for g, f in files.items()},
+    }
+    if json_:
+        print_json(summary)
+        return
+    table = Table("graph", "engine bytes", "build s", title=f"{backend} engines: {result.status}")
+    for graph, info in summary["engines"].items():
+        table.add_row(graph, str(info["bytes"]), "-" if info["seconds"] is None else f"{info['seconds']:.1f}")
+    out.print(table)
+    out.print(f"entry: {result.entry.path}", highlight=False)
