@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+import torch.utils._device
 
 from arl2rt.model.config import PRESETS, ModelConfig
 from arl2rt.runtime.generate import random_context, random_model
@@ -43,5 +44,8 @@ def _poison_uninitialised_memory(monkeypatch):
 
         return make
 
+    # `with torch.device("meta")` caches its set of factories on first use: cache the real ones, or models built on
+    # meta (checkpoint loading, parameter counts) would silently allocate and initialise real memory under the patch.
+    torch.utils._device._device_constructors()
     for name in _EMPTY_FACTORIES:
         monkeypatch.setattr(torch, name, poisoned(getattr(torch, name)))
