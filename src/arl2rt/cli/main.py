@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from arl2rt import __version__
-from arl2rt.cli import build, doctor, generate, parity
+from arl2rt.cli import build, convert, doctor, generate, parity
 
 app = typer.Typer(
     name="arl2rt",
@@ -36,6 +36,7 @@ app.add_typer(doctor.app)
 app.add_typer(generate.app)
 app.add_typer(parity.app)
 app.add_typer(build.app)
+app.add_typer(convert.app)
 
 
 def main() -> None:
