@@ -1,0 +1,133 @@
+"""The package manifest (``manifest.json``): what was exported, how, and the hash of every file.
+
+Written last by the exporter and read first by every backend. :func:`check_manifest` validates the schema and
+raises an Arl2rtError naming the manifest, the field, what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import time
+from pathlib import Path
+
+from arl2rt import __version__
+from arl2rt.errors import Arl2rtError
+from arl2rt.export.state_spec import GRAPHS, StateSpec
+from arl2rt.plugins.gdn.plugin_spec import GDN_PLUGIN
+
+FORMAT = "arl2rt-package"
+FORMAT_VERSION = 1
+_VERSIONED = ("torch", "onnx", "onnxscript", "onnx-ir")
+
+# field -> type every manifest must have
+REQUIRED = {
+    "format": str,
+    "format_version": int,
+    "arl2rt_version": str,
+    "target": str,
+    "dtype": str,
+    "opset": int,
+    "export_opset": int,
+    "tokens_per_block": int,
+    "config": dict,
+    "state_spec": dict,
+    "graphs": dict,
+    "files": dict,
+}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    for name in _VERSIONED:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def build_manifest(
+    spec: StateSpec,
+    *,
+    target: str,
+    opset: int,
+    export_opset: int,
+    graph_files: dict[str, str],
+    passes: dict[str, dict[str, int]],
+    root: Path,
+    files: list[str],
+) -> dict:
+    """The manifest of a package whose ``files`` (relative to ``root``) are all written."""
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "arl2rt_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "target": target,
+        "dtype": spec.dtype,
+        "opset": opset,
+        "export_opset": export_opset,
+        "tokens_per_block": spec.config.tokens_per_block,
+        "config": spec.config.to_dict(),
+        "state_spec": spec.to_dict(),
+        "graphs": {g: {"file": graph_files[g], "passes": passes[g]} for g in GRAPHS},
+        "files": {f: {"bytes": (root / f).stat().st_size, "sha256": sha256_file(root / f)} for f in sorted(files)},
+        "exporter": {"method": "torch.onnx.export(dynamo=True)", "versions": _versions()},
+    }
+    if target == "tensorrt":
+        manifest["plugins"] = [
+            {
+                "name": GDN_PLUGIN.name,
+                "namespace": GDN_PLUGIN.namespace,
+                "version": GDN_PLUGIN.version,
+                "fields": {f.name: f.type.__name__ for f in GDN_PLUGIN.fields},
+            }
+        ]
+    return manifest
+
+
+def check_manifest(manifest: object, source: Path, graph_files: dict[str, str]) -> dict:
+    """Validate the manifest's schema (not the files); returns it."""
+    if not isinstance(manifest, dict):
+        raise Arl2rtError(f"{source}: expected a JSON object, found {type(manifest).__name__}")
+    for field, kind in REQUIRED.items():
+        if field not in manifest:
+            raise Arl2rtError(f"{source}: missing field {field!r}")
+        if not isinstance(manifest[field], kind) or (kind is int and isinstance(manifest[field], bool)):
+            raise Arl2rtError(
+                f"{source}: field {field!r} expected {kind.__name__}, found {type(manifest[field]).__name__}"
+            )
+    if manifest["format"] != FORMAT:
+        raise Arl2rtError(f"{source}: field 'format' expected {FORMAT!r}, found {manifest['format']!r}")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise Arl2rtError(
+            f"{source}: format_version expected {FORMAT_VERSION}, found {manifest['format_version']} "
+            f"(package written by arl2rt {manifest['arl2rt_version']}, this is {__version__})"
+        )
+    graphs = manifest["graphs"]
+    if sorted(graphs) != sorted(GRAPHS):
+        raise Arl2rtError(f"{source}: field 'graphs' expected {sorted(GRAPHS)}, found {sorted(graphs)}")
+    for g, entry in graphs.items():
+        file = entry.get("file") if isinstance(entry, dict) else None
+        if file != graph_files[g]:
+            raise Arl2rtError(f"{source}: graphs.{g}.file expected {graph_files[g]!r}, found {file!r}")
+        if file not in manifest["files"]:
+            raise Arl2rtError(f"{source}: graph file {file} has no entry in 'files'")
+    for name, entry in manifest["files"].items():
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("sha256"), str)
+            or not isinstance(entry.get("bytes"), int)
+            or Path(name).name != name
+        ):
+            raise Arl2rtError(f"{source}: files.{name} expected a plain file name with 'sha256' and 'bytes'")
+    return manifest

@@ -1,0 +1,260 @@
+"""Model packages: a directory with the three step graphs, one shared weights file and ``manifest.json``.
+
+``export_package`` traces the model once per graph, runs the target's passes, writes everything to a temporary
+directory beside ``out_dir`` and renames it into place only when complete, so a failed export leaves nothing behind
+and never touches an existing package. ``ModelPackage.load`` checks the manifest, the files' sizes and hashes, and that
+every graph's inputs and outputs are exactly the StateSpec's; each failure names the file or tensor, the expected and
+the found.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from arl2rt.errors import Arl2rtError
+from arl2rt.export.external_data import SharedWeights
+from arl2rt.export.manifest import build_manifest, check_manifest, sha256_file
+from arl2rt.export.onnx_export import EXPORT_DTYPES, EXPORT_OPSET, export_graph
+from arl2rt.export.state_spec import GRAPHS, StateSpec, TensorSpec
+from arl2rt.export.targets import apply_target, get_target
+from arl2rt.model.config import ModelConfig
+from arl2rt.model.dit import CausalDiT
+from arl2rt.plugins.gdn.plugin_spec import register_onnx_schema
+
+MANIFEST_NAME = "manifest.json"
+GRAPH_FILES = {
+    "encode_context": "encode_context.onnx",
+    "denoise_step": "denoise_step.onnx",
+    "commit_step": "commit_step.onnx",
+}
+WEIGHTS_NAME = "weights.bin"
+
+# (stages done, stages in all, what runs now) -> None
+Progress = Callable[[int, int, str], None]
+
+_ELEM_TYPES = {
+    onnx.TensorProto.DOUBLE: "float64",
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.BFLOAT16: "bfloat16",
+    onnx.TensorProto.INT64: "int64",
+}
+
+
+@dataclass
+class ModelPackage:
+    root: Path
+    manifest: dict
+    config: ModelConfig
+    spec: StateSpec
+    target: str
+    opset: int
+
+    def graph_path(self, graph: str) -> Path:
+        if graph not in GRAPH_FILES:
+            raise Arl2rtError(f"unknown step graph {graph!r}; expected one of {list(GRAPH_FILES)}")
+        return self.root / GRAPH_FILES[graph]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all files the manifest lists."""
+        return sum(entry["bytes"] for entry in self.manifest["files"].values())
+
+    def load_graph(self, graph: str) -> onnx.ModelProto:
+        """The graph without its weights (they stay in the external data file)."""
+        return _load_proto(self.graph_path(graph))
+
+    def op_histogram(self, graph: str) -> dict[str, int]:
+        """``domain::op`` (plain ``op`` for the default domain) -> node count, most frequent first."""
+        ops = Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in self.load_graph(graph).graph.node)
+        return dict(ops.most_common())
+
+    @classmethod
+    def load(cls, path: str | Path, *, verify: bool = True) -> ModelPackage:
+        """Open a package directory; ``verify`` also checks sizes, hashes and every graph's I/O against the spec."""
+        root = Path(path)
+        source = root / MANIFEST_NAME
+        if not root.is_dir():
+            raise Arl2rtError(f"package {root}: expected a directory with {MANIFEST_NAME}, found none")
+        if not source.is_file():
+            raise Arl2rtError(f"package {root}: expected {MANIFEST_NAME}, found no such file")
+        try:
+            data = json.loads(source.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise Arl2rtError(f"{source}: expected JSON, found unreadable content ({exc})") from None
+        manifest = check_manifest(data, source, GRAPH_FILES)
+        config = ModelConfig.from_dict(manifest["config"], source=f"{source} (config)")
+        target = get_target(manifest["target"]).name
+        spec = StateSpec(config, manifest["dtype"])
+        if manifest["state_spec"] != json.loads(spec.to_json()):
+            raise Arl2rtError(
+                f"{source}: state_spec does not match the StateSpec of its config and dtype {manifest['dtype']} "
+                "(written by another arl2rt version?)"
+            )
+        if manifest["tokens_per_block"] != config.tokens_per_block:
+            raise Arl2rtError(
+                f"{source}: tokens_per_block expected {config.tokens_per_block} (from config), "
+                f"found {manifest['tokens_per_block']}"
+            )
+        package = cls(root, manifest, config, spec, target, manifest["opset"])
+        package._check_files(verify)
+        if verify:
+            for graph in GRAPHS:
+                package.check_graph(graph)
+        return package
+
+    def _check_files(self, hashes: bool) -> None:
+        for name, entry in self.manifest["files"].items():
+            path = self.root / name
+            if not path.is_file():
+                raise Arl2rtError(f"package {self.root}: file {name} listed in {MANIFEST_NAME} is missing")
+            if not hashes:
+                continue
+            size = path.stat().st_size
+            if size != entry["bytes"]:
+                raise Arl2rtError(f"{path}: expected {entry['bytes']} bytes, found {size} (truncated or replaced?)")
+            digest = sha256_file(path)
+            if digest != entry["sha256"]:
+                raise Arl2rtError(f"{path}: expected sha256 {entry['sha256']}, found {digest} (modified?)")
+
+    def check_graph(self, graph: str) -> None:
+        """Raise unless the graph's inputs and outputs are the StateSpec's, name for name, dtype and shape."""
+        path = self.graph_path(graph)
+        proto = _load_proto(path)
+        for kind, values, specs in (
+            ("input", proto.graph.input, self.spec.inputs(graph)),
+            ("output", proto.graph.output, self.spec.outputs(graph)),
+        ):
+            names = [v.name for v in values]
+            want = [s.name for s in specs]
+            if names != want:
+                missing = [n for n in want if n not in names]
+                extra = [n for n in names if n not in want]
+                raise Arl2rtError(
+                    f"{path}: {kind}s do not match {MANIFEST_NAME}: missing {missing}, unexpected {extra}"
+                    + ("" if missing or extra else f", order expected {want}, found {names}")
+                )
+            for value, spec in zip(values, specs):
+                _check_value(path, kind, value, spec)
+
+
+def _load_proto(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise Arl2rtError(f"{path}: expected an ONNX file, found none")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except (DecodeError, OSError, ValueError) as exc:
+        raise Arl2rtError(f"{path}: expected an ONNX model, found an unreadable file (truncated?): {exc}") from None
+
+
+def _check_value(path: Path, kind: str, value: onnx.ValueInfoProto, spec: TensorSpec) -> None:
+    tensor = value.type.tensor_type
+    dtype = _ELEM_TYPES.get(tensor.elem_type, onnx.TensorProto.DataType.Name(tensor.elem_type).lower())
+    if dtype != spec.dtype:
+        raise Arl2rtError(f"{path}: {kind} {spec.name} expected dtype {spec.dtype}, found {dtype}")
+    dims = [d.dim_param if d.HasField("dim_param") else d.dim_value for d in tensor.shape.dim]
+    if dims != list(spec.shape):
+        raise Arl2rtError(f"{path}: {kind} {spec.name} expected shape {list(spec.shape)}, found {dims}")
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise Arl2rtError(f"output {out_dir}: expected a directory, found a file")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not (out_dir / MANIFEST_NAME).is_file():
+            raise Arl2rtError(f"output {out_dir}: expected an empty directory or an arl2rt package, found other files")
+        if not overwrite:
+            raise Arl2rtError(f"output {out_dir}: a package already exists (pass overwrite=True / --overwrite)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _install(tmp: Path, out_dir: Path) -> None:
+    """Move the finished package into place; an old package there is removed only after the new one is in."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{tmp.name}")
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_package(
+    model: CausalDiT,
+    out_dir: Path,
+    *,
+    target: str = "onnxruntime",
+    dtype: str = "float32",
+    opset: int | None = None,
+    progress: Progress | None = None,
+    overwrite: bool = False,
+) -> ModelPackage:
+    """Export ``model`` as a package for ``target`` with ``dtype`` activations (states stay fp32).
+
+    Weights of at least 1 KiB go to one shared ``weights.bin``. ``progress(done, total, stage)`` is called before each
+    stage. Returns the loaded package; on any failure nothing is left at ``out_dir`` that was not there before.
+    """
+    tgt = get_target(target)
+    opset = tgt.resolve_opset(opset)
+    if dtype not in EXPORT_DTYPES:
+        raise Arl2rtError(f"export dtype {dtype!r}: expected one of {list(EXPORT_DTYPES)}")
+    out_dir = Path(out_dir)
+    _prepare_out_dir(out_dir, overwrite)
+    spec = StateSpec(model.cfg, dtype)
+    if model.dtype != spec.config_dtype:  # never convert the caller's model in place
+        model = copy.deepcopy(model).to(spec.config_dtype)
+    model = model.eval()
+    register_onnx_schema()
+    total = 2 * len(GRAPHS) + 2
+    report = progress or (lambda done, all_, stage: None)
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the package is an ordinary directory
+        passes: dict[str, dict[str, int]] = {}
+        with SharedWeights(tmp / WEIGHTS_NAME) as weights:
+            for i, graph in enumerate(GRAPHS):
+                report(2 * i, total, f"trace {graph}")
+                onnx_model = export_graph(model, spec, graph)
+                report(2 * i + 1, total, f"{target} passes, write {graph}")
+                passes[graph] = apply_target(onnx_model, spec, graph, target, opset)
+                weights.externalize(onnx_model)
+                ir.save(onnx_model, tmp / GRAPH_FILES[graph])
+                del onnx_model
+        report(total - 2, total, "onnx checker")
+        for graph in GRAPHS:
+            try:
+                onnx.checker.check_model(str(tmp / GRAPH_FILES[graph]), full_check=True)
+            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+                raise Arl2rtError(f"{GRAPH_FILES[graph]}: the onnx checker rejects the exported graph: {exc}") from exc
+        report(total - 1, total, "hash files")
+        files = [*GRAPH_FILES.values(), *([WEIGHTS_NAME] if weights.tensors else [])]
+        if not weights.tensors:
+            (tmp / WEIGHTS_NAME).unlink()
+        manifest = build_manifest(
+            spec,
+            target=target,
+            opset=opset,
+            export_opset=EXPORT_OPSET,
+            graph_files=GRAPH_FILES,
+            passes=passes,
+            root=tmp,
+            files=files,
+        )
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        _install(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ModelPackage.load(out_dir, verify=False)
