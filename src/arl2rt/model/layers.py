@@ -90,12 +90,16 @@ class RopeTables:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin ``[F*h*w, head_dim/2]`` for frames ``frame_offset .. frame_offset+num_frames-1``."""
         key = (dtype, device)
-        if key not in self._cache:
-            self._cache[key] = tuple(
+        tables = self._cache.get(key)
+        if tables is None:
+            tables = tuple(
                 t.to(device=device, dtype=dtype)
                 for t in (self.time.cos(), self.time.sin(), self.spatial.cos(), self.spatial.sin())
             )
-        tcos, tsin, scos, ssin = self._cache[key]
+            # Tables made while torch.export traces are fake tensors: keeping them would poison later eager calls.
+            if not torch.compiler.is_compiling():
+                self._cache[key] = tables
+        tcos, tsin, scos, ssin = tables
         idx = torch.arange(num_frames, device=device) + frame_offset
         hw = scos.shape[0]
 
