@@ -1,0 +1,126 @@
+"""Quality of the embedded model over long streams, measured with the colour-blob detector (blobs.py).
+
+Streams every prompt of ``PROMPTS`` (one batch, the runtime's own Streamer on the torch backend) for ``--frames``
+frames and reports per prompt: ball count right, per-colour counts right, motion within the training data's maximum
+speed (as the detector measures it on ground-truth clips), blank and saturated frames. Writes ``eval.json`` and the
+streams as uint8 (``streams.npz``) to ``--out``::
+
+    PYTHONPATH=src python tools/train_embedded/evaluate.py --out runs/balls --frames 1000 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from blobs import detect, max_displacement, stream_quality  # noqa: E402
+from data import make_batch  # noqa: E402
+
+from arl2rt.export.state_spec import StateSpec  # noqa: E402
+from arl2rt.model.embedded import embedded_config, load_embedded, load_embedded_from, parse_prompt  # noqa: E402
+from arl2rt.runtime.streamer import Streamer  # noqa: E402
+from arl2rt.runtime.torch_backend import TorchBackend  # noqa: E402
+
+PROMPTS = (
+    "one red ball",
+    "one blue ball",
+    "two yellow balls",
+    "one red ball and one blue ball",
+    "one green ball and one white ball",
+    "three white balls",
+    "two red balls and one green ball",
+    "one red ball and one green ball and one blue ball",
+)
+
+
+def data_max_speed(clips: int = 512, frames: int = 24, seed: int = 123) -> float:
+    """Largest frame-to-frame blob displacement the detector sees on ground-truth training clips."""
+    _, video, _ = make_batch(clips, frames, torch.Generator().manual_seed(seed))
+    worst = 0.0
+    for clip in video.numpy():
+        blobs = detect(np.moveaxis(clip, 1, 0))
+        moves = [max_displacement(a, b) for a, b in zip(blobs, blobs[1:])]
+        worst = max([worst] + [m for m in moves if m is not None])
+    return worst
+
+
+def stream(em, prompts, frames: int, device: str, seed: int, deadline: float | None = None) -> np.ndarray:
+    """Frames ``[P, F, 3, H, W]`` (float32, as generated) of one stream per prompt; stops early at ``deadline``."""
+    context = torch.cat([em.encode_prompt(p) for p in prompts])
+    out = []
+    with TorchBackend(em.model, StateSpec(em.model.cfg), device) as be:
+        s = Streamer(be, seed=seed, batch=len(prompts), max_frames=16)
+        s.start(context)
+        for block in s.stream(frames // em.model.cfg.frames_per_block):
+            out.append(block.float().cpu())
+            if deadline is not None and time.time() > deadline:
+                break
+    return torch.cat(out, dim=2).permute(0, 2, 1, 3, 4).numpy()
+
+
+def want_counts(prompt: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for c in parse_prompt(prompt):
+        counts[c] = counts.get(c, 0) + 1
+    return counts
+
+
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """``[..., 3, H, W]`` in [-1, 1] -> ``[..., H, W, 3]`` uint8."""
+    return np.moveaxis(((np.clip(frames, -1, 1) + 1) * 127.5).round().astype(np.uint8), -3, -1)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--weights", type=Path, help="safetensors from train.py (default: the shipped model)")
+    ap.add_argument("--frames", type=int, default=1000)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-seconds", type=float, default=0, help="stop streaming after this long (0 = no limit)")
+    args = ap.parse_args()
+
+    if args.weights is None:
+        em = load_embedded()
+    else:
+        em = load_embedded_from(embedded_config(), args.weights.read_bytes(), source=str(args.weights))
+    start = time.time()
+    frames = stream(
+        em, PROMPTS, args.frames, args.device, args.seed, start + args.max_seconds if args.max_seconds else None
+    )
+    seconds = time.time() - start
+    threshold = data_max_speed()
+    rows = [dataclasses.asdict(stream_quality(p, want_counts(p), f, threshold)) for p, f in zip(PROMPTS, frames)]
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "frames": int(frames.shape[1]),
+        "stream_seconds": seconds,
+        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "seed": args.seed,
+        "max_speed_threshold_px": threshold,
+        "prompts": rows,
+    }
+    (args.out / "eval.json").write_text(json.dumps(result, indent=2))
+    np.savez_compressed(args.out / "streams.npz", frames=to_uint8(frames), prompts=np.array(PROMPTS))
+    print(f"{frames.shape[1]} frames x {len(PROMPTS)} prompts in {seconds:.0f}s on {result['device']}")
+    print(f"max speed threshold (detector on training data): {threshold:.2f} px/frame")
+    print("| prompt | count ok | colours ok | motion ok | blank | saturated |")
+    for r in rows:
+        print(
+            f"| {r['prompt']} | {r['count_ok']:.1%} | {r['colours_ok']:.1%} | {r['motion_ok']:.1%} "
+            f"| {r['blank']} | {r['saturated']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
