@@ -291,7 +291,7 @@ def overlay(base: CheckpointTensors, delta: CheckpointTensors) -> CheckpointTens
 def to_deployment(
     ckpt: CheckpointTensors, cfg: ModelConfig, *, allow_random_arl2: bool = False, seed: int = 0
 ) -> ConvertedCheckpoint:
-    """Merge LoRA factors, fill or refuse absent ARL2 parameters, and check every key and shape against ``cfg``."""
+    """Merge the FFN LoRA, fill or refuse absent ARL2 parameters, and check every key and shape against ``cfg``."""
     sd = dict(ckpt.tensors)
     problems = _Problems()
     merged: list[str] = []
@@ -344,14 +344,12 @@ def _ranges(layers: list[int]) -> str:
     return "[" + ", ".join(spans) + "]"
 
 
-def _lora_delta(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
-    """``scale * (A @ B)^T`` in float64 (the ``[out, in]`` weight delta of ``x -> (x @ A) @ B * scale``)."""
-    return scale * (a.double() @ b.double()).T
-
-
 def _merged(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
-    # at least fp32: a bf16 sum would round the small LoRA delta away
-    return (w.double() + _lora_delta(a, b, scale)).to(torch.promote_types(w.dtype, torch.float32))
+    """``W + scale * (A @ B)^T``: the ``[out, in]`` weight of ``x -> linear(x) + (x @ A) @ B * scale``.
+
+    Summed in float64 and kept in at least fp32: a bf16 result would round much of the small LoRA delta away.
+    """
+    return (w.double() + scale * (a.double() @ b.double()).T).to(torch.promote_types(w.dtype, torch.float32))
 
 
 def _lora_shapes_ok(sd, problems, a_key, b_key, w: torch.Tensor, rank: int) -> bool:
