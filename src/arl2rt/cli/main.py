@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from arl2rt import __version__
-from arl2rt.cli import build, convert, doctor, generate, parity
+from arl2rt.cli import build, convert, doctor, export, generate, inspect, parity
 
 app = typer.Typer(
     name="arl2rt",
@@ -37,6 +37,8 @@ app.add_typer(generate.app)
 app.add_typer(parity.app)
 app.add_typer(build.app)
 app.add_typer(convert.app)
+app.add_typer(export.app)
+app.add_typer(inspect.app)
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from arl2rt.errors import Arl2rtError
 from arl2rt.export.external_data import SharedWeights
 from arl2rt.export.manifest import build_manifest, check_manifest, sha256_file
 from arl2rt.export.onnx_export import EXPORT_DTYPES, EXPORT_OPSET, export_graph
-from arl2rt.export.state_spec import GRAPHS, StateSpec, TensorSpec
+from arl2rt.export.state_spec import GRAPHS, PAST_LEN, StateSpec, TensorSpec
 from arl2rt.export.targets import apply_target, get_target
 from arl2rt.model.config import ModelConfig
 from arl2rt.model.dit import CausalDiT
@@ -79,6 +79,51 @@ class ModelPackage:
         """``domain::op`` (plain ``op`` for the default domain) -> node count, most frequent first."""
         ops = Counter(f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in self.load_graph(graph).graph.node)
         return dict(ops.most_common())
+
+    def describe(self) -> dict:
+        """What ``arl2rt inspect`` shows: the package, its state contract with bytes per stream, and op histograms.
+
+        Bytes are for batch 1; a tensor with a ``past_len`` axis is given per latent frame of past (it grows).
+        """
+        per_frame = self.config.tokens_per_frame
+        tensors: dict[tuple[str, str], dict] = {}  # (io, name) -> row; a tensor of several graphs is listed once
+        for graph in GRAPH_FILES:
+            for io, specs in (("input", self.spec.inputs(graph)), ("output", self.spec.outputs(graph))):
+                for s in specs:
+                    row = tensors.setdefault(
+                        (io, s.name),
+                        {
+                            "graphs": [],
+                            "io": io,
+                            "name": s.name,
+                            "shape": list(s.shape),
+                            "dtype": s.dtype,
+                            "kind": s.kind,
+                            "bytes": s.nbytes(batch=1, past_len=per_frame),
+                            "per_past_frame": PAST_LEN in s.shape,
+                        },
+                    )
+                    row["graphs"].append(graph)
+        m = self.manifest
+        return {
+            "package": str(self.root),
+            "target": self.target,
+            "dtype": self.spec.dtype,
+            "opset": self.opset,
+            "config": self.config.name,
+            "tokens_per_block": m["tokens_per_block"],
+            "arl2rt_version": m["arl2rt_version"],
+            "files": m["files"],
+            "bytes": self.nbytes,
+            "stream_bytes": {
+                "gdn_states": self.spec.state_bytes(),
+                "context_kv": sum(s.nbytes(batch=1) for s in self.spec.context_kv()),
+                "kv_cache_per_latent_frame": self.spec.kv_bytes_per_frame(),
+            },
+            "tensors": list(tensors.values()),
+            "passes": {g: m["graphs"][g].get("passes", {}) for g in GRAPH_FILES},
+            "ops": {g: self.op_histogram(g) for g in GRAPH_FILES},
+        }
 
     @classmethod
     def load(cls, path: str | Path, *, verify: bool = True) -> ModelPackage:

@@ -1,0 +1,88 @@
+"""``arl2rt export``: a model package (three step graphs, weights, manifest) for one target and precision."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from arl2rt.cli._common import err, out, print_json, user_errors
+from arl2rt.export.package import export_package
+from arl2rt.runtime.generate import GenerateOptions, load_model
+
+app = typer.Typer()
+
+
+@app.command()
+@user_errors
+def export(
+    output: Annotated[
+        Path,
+        typer.Argument(help="Package directory to write (must not exist, be empty, or be a package: --overwrite)."),
+    ],
+    config: Annotated[
+        str | None,
+        typer.Option(help="Preset (tiny, wan2.1-t2v-1.3b) or JSON config; alone: random weights. Default: embedded."),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Weights for --config (any kind `arl2rt convert` reads).")
+    ] = None,
+    target: Annotated[
+        str, typer.Option(help="onnxruntime (LinearAttention op), tensorrt (plugin node) or portable (standard ops).")
+    ] = "onnxruntime",
+    dtype: Annotated[
+        str, typer.Option(help="Activations: float32, float16 or bfloat16 (GDN states, gates and norms stay fp32).")
+    ] = "float32",
+    opset: Annotated[
+        int | None, typer.Option(help="Default-domain opset (default: 27 for onnxruntime, 18 for tensorrt/portable).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a package already at OUTPUT.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Export a model's encode_context, denoise_step and commit_step graphs with every state as named I/O."""
+    loaded = load_model(GenerateOptions(config=config, checkpoint=checkpoint))
+    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    start = time.perf_counter()
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("export", total=None)
+
+        def progress(done: int, total: int, stage: str) -> None:
+            bar.update(task, completed=done, total=total, description=stage)
+
+        package = export_package(
+            loaded.model,
+            output,
+            target=target,
+            dtype=dtype,
+            opset=opset,
+            progress=progress,
+            overwrite=overwrite,
+        )
+    seconds = time.perf_counter() - start
+    files = package.manifest["files"]
+    summary = {
+        "package": str(package.root),
+        "model": loaded.description,
+        "target": package.target,
+        "dtype": package.spec.dtype,
+        "opset": package.opset,
+        "seconds": round(seconds, 1),
+        "bytes": package.nbytes,
+        "files": {name: entry["bytes"] for name, entry in files.items()},
+        "passes": {g: entry["passes"] for g, entry in package.manifest["graphs"].items()},
+    }
+    if json_:
+        print_json(summary)
+        return
+    table = Table(
+        "file", "bytes", title=f"{package.root} ({package.target}, {package.spec.dtype}, opset {package.opset})"
+    )
+    for name, size in summary["files"].items():
+        table.add_row(name, f"{size:,}")
+    table.add_row("[bold]total[/]", f"[bold]{package.nbytes:,}[/]")
+    out.print(table)
+    out.print(f"exported {loaded.description} in {seconds:.1f} s", highlight=False)
