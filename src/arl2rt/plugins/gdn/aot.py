@@ -14,10 +14,11 @@ and ``impl`` run:
 * **Shared memory.** A plain launch may use at most 48 KB of dynamic shared memory; more needs the kernel's
   ``MAX_DYNAMIC_SHARED_SIZE_BYTES`` raised first, and whether TensorRT's AOT launcher does that is not known here.
   So :func:`compile_aot` refuses a kernel above 48 KB unless ``allow_opt_in`` is given.
-* **One kernel per plugin node.** The chunked state update is two kernels (:mod:`.chunk`: prep, then scan); as AOT
-  plugin nodes they are the stages ``gdn_prep`` and ``gdn_scan`` (:data:`STAGES`), with W, U and the gate prefix sums
-  as ordinary tensors between them. The AOT configuration scans in one segment (no combine kernel), which keeps
-  every bf16/fp16 stage within 48 KB on sm_90; fp32 inputs need 64 KB in ``gdn_prep`` (opt-in or the JIT ``impl``).
+* **One kernel per plugin node.** The chunked state update is two or three kernels (:mod:`.chunk`: prep, scan over
+  segments, combine); as AOT plugin nodes they are the stages ``gdn_prep``, ``gdn_scan`` and ``gdn_combine``
+  (:func:`gdn_stages`), with W, U, the gate prefix sums and the segment results as ordinary tensors between them,
+  allocated by TensorRT. The AOT configuration pipelines the scan in one stage, which keeps every bf16/fp16 kernel
+  within 48 KB on sm_90; fp32 inputs need 64 KB in ``gdn_prep`` (opt-in, or the JIT ``impl``).
 * :func:`enqueue_state_update` — the JIT ``impl`` body: raw device pointers, TensorRT's stream, workspace from
   torch's caching allocator on that stream.
 
@@ -28,6 +29,7 @@ runs the engine must accept it: build on the deployment machine).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +38,7 @@ from typing import Any
 import torch
 
 from arl2rt.errors import Arl2rtError
-from arl2rt.plugins.common import KernelLaunch
+from arl2rt.plugins.common import DevicePtr, KernelLaunch, is_interpreted, run_launch
 from arl2rt.plugins.gdn.chunk import CHUNK, ChunkConfig, launch_gdn_state_update, plan_chunk
 
 # 48 KB: the dynamic shared memory a launch may use without cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES).
@@ -88,14 +90,22 @@ def strip_trailing_params(ptx: str, name: str, count: int) -> str:
 # -- stages: one kernel per plugin node --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class AotStage:
-    """One kernel as one plugin node: which kernel arguments are node inputs, extra ints and node outputs."""
+    """One kernel as one plugin node: which kernel arguments are node inputs, extra ints and node outputs.
+
+    ``tensors`` names the graph tensor behind each pointer argument (the scan's ``dst`` is the segment buffer the
+    combine stage reads, or the new state when there is one segment). ``segments``/``chunks_per_segment`` are fixed
+    when the stage is made: TensorRT extra arguments are resolved from shapes, not from a planner.
+    """
 
     plugin: str
     launch: KernelLaunch
     inputs: tuple[str, ...]
     ints: tuple[str, ...]
     outputs: tuple[str, ...]
-    unused: tuple[str, ...] = ()
+    unused: tuple[str, ...]
+    tensors: dict[str, str]
+    segments: int
+    chunks_per_segment: int | None
 
     @property
     def kernel_args(self) -> tuple[str, ...]:
@@ -103,31 +113,47 @@ class AotStage:
         return self.inputs + self.ints + self.outputs
 
 
-# kernel name -> (plugin name, inputs, extra ints, outputs, unused pointers) for the state-only update in one segment
-STAGES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+# kernel -> (plugin name, inputs, extra ints, outputs, unused pointers), as kernel argument names, for the state-only
+# update; ``hs`` (per-chunk states) is written only when per-token outputs are wanted
+_STAGE_ARGS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "_prep_kernel": ("gdn_prep", ("k", "v", "g", "beta"), ("T", "H"), ("w", "u", "gc"), ()),
-    # ``hs`` (per-chunk states) is only written when per-token outputs are wanted, never in the state-only update
     "_scan_kernel": ("gdn_scan", ("k", "w", "u", "gc", "s0"), ("T", "H", "NT", "CPS", "NSEG"), ("dst",), ("hs",)),
+    "_combine_kernel": ("gdn_combine", ("seg",), ("NSEG",), ("out",), ()),
 }
 
 
-def aot_chunk_config(dtype: torch.dtype) -> ChunkConfig:
-    """The AOT kernel configuration: one scan segment (no combine kernel), state blocks that stay within 48 KB."""
-    return ChunkConfig(segments=1, scan_stages=1, block_v=64 if dtype != torch.float32 else 32)
+def aot_chunk_config(segments: int | None = None) -> ChunkConfig:
+    """The AOT kernel configuration: a one-stage scan pipeline, which keeps every bf16/fp16 kernel within 48 KB."""
+    return ChunkConfig(segments=segments, scan_stages=1)
 
 
-def gdn_stages(heads: int, head_k: int, head_v: int, dtype: torch.dtype, config: ChunkConfig | None = None):
-    """The AOT stages of the state update for one head size and input dtype, from the kernel engineer's plan."""
-    config = config or aot_chunk_config(dtype)
-    plan = plan_chunk(1, CHUNK, heads, head_k, head_v, dtype, config=config)
-    if plan.segments != 1:
-        raise Arl2rtError(f"AOT chunk config {config}: expected one scan segment, found {plan.segments}")
+def gdn_stages(
+    heads: int,
+    head_k: int,
+    head_v: int,
+    dtype: torch.dtype,
+    seq_len: int | None = None,
+    config: ChunkConfig | None = None,
+) -> tuple[AotStage, ...]:
+    """The AOT stages of the state update (``gdn_prep``, ``gdn_scan``, and ``gdn_combine`` with several segments).
+
+    With a known ``seq_len`` the scan is cut into the segments the kernel planner picks for batch 1 (the streaming
+    case); without one (a dynamic token count) the scan runs as one segment, whose extra ints follow any length.
+    """
+    config = config or aot_chunk_config(segments=None if seq_len is not None else 1)
+    plan = plan_chunk(1, seq_len or CHUNK, heads, head_k, head_v, dtype, config=config)
+    if seq_len is None and plan.segments != 1:
+        raise Arl2rtError(f"AOT stages for a dynamic token count need one scan segment; config {config} gives more")
     stages = []
     for launch in plan.launches:
-        if launch.name not in STAGES:
-            raise Arl2rtError(f"AOT: kernel {launch.name} has no stage (expected one of {sorted(STAGES)})")
-        plugin, inputs, ints, outputs, unused = STAGES[launch.name]
-        stage = AotStage(plugin, launch, inputs, ints, outputs, unused)
+        if launch.name not in _STAGE_ARGS:
+            raise Arl2rtError(f"AOT: kernel {launch.name} has no stage (expected one of {sorted(_STAGE_ARGS)})")
+        plugin, inputs, ints, outputs, unused = _STAGE_ARGS[launch.name]
+        tensors = {n: n for n in inputs + outputs}
+        if launch.name == "_scan_kernel":
+            tensors["dst"] = "out" if plan.segments == 1 else "seg"
+        cps = plan.chunks_per_segment if plan.segments > 1 else None
+        stage = AotStage(plugin, launch, inputs, ints, outputs, unused, tensors, plan.segments, cps)
         if tuple(a for a in launch.args if a not in unused) != stage.kernel_args:
             raise Arl2rtError(
                 f"AOT stage {plugin}: expected kernel arguments ordered inputs → ints → outputs "
@@ -135,6 +161,16 @@ def gdn_stages(heads: int, head_k: int, head_v: int, dtype: torch.dtype, config:
             )
         stages.append(stage)
     return tuple(stages)
+
+
+def combine_stage(heads: int, segments: int, head_k: int, head_v: int, dtype: torch.dtype) -> AotStage:
+    """The ``gdn_combine`` stage for ``segments`` segments; ``dtype`` is the key/value dtype of the update (it sets the
+    precision of the combine's fp32 products), which the combine node itself does not see."""
+    config = aot_chunk_config(segments=segments)
+    stages = {s.plugin: s for s in gdn_stages(heads, head_k, head_v, dtype, seq_len=segments * CHUNK, config=config)}
+    if "gdn_combine" not in stages:
+        raise Arl2rtError(f"AOT: expected a combine stage for {segments} segments, found none")
+    return stages["gdn_combine"]
 
 
 def _cdiv(a: Any, b: int) -> Any:
@@ -150,22 +186,33 @@ def stage_launch(
     the same arithmetic serves ``aot_impl`` (symbolic) and the checks (ints); tests pin it to :func:`plan_chunk`.
     """
     c = stage.launch.constexprs
-    heads_grid = stage.launch.grid[1]  # plan_chunk was made with batch 1: its grid's y is the head count
+    heads = stage.launch.grid[1]  # stages are planned for batch 1: the grid's y is the head count
     nt = cdiv(seq_len, CHUNK)
+    cps = nt if stage.segments == 1 else stage.chunks_per_segment
     if stage.plugin == "gdn_prep":
-        return (nt, batch * heads_grid, 1), {"T": seq_len, "H": heads_grid}
+        return (nt, batch * heads, 1), {"T": seq_len, "H": heads}
     if stage.plugin == "gdn_scan":
-        grid = (c["V"] // c["BV"], batch * heads_grid, 1)
-        return grid, {"T": seq_len, "H": heads_grid, "NT": nt, "CPS": nt, "NSEG": 1}
+        ndv = c["V"] // c["BV"]
+        grid = (ndv + (stage.segments - 1) * (ndv + c["K"] // c["BV"]), batch * heads, 1)
+        return grid, {"T": seq_len, "H": heads, "NT": nt, "CPS": cps, "NSEG": stage.segments}
+    if stage.plugin == "gdn_combine":
+        return (c["V"] // c["BV"], batch * heads, 1), {"NSEG": stage.segments}
     raise Arl2rtError(f"AOT: no launch arithmetic for stage {stage.plugin!r}")
 
 
 def stage_tensor_shapes(
-    batch: Any, seq_len: Any, heads: Any, head_k: Any, head_v: Any, cdiv: Callable[[Any, int], Any] = _cdiv
+    batch: Any,
+    seq_len: Any,
+    heads: Any,
+    head_k: Any,
+    head_v: Any,
+    segments: int = 1,
+    cdiv: Callable[[Any, int], Any] = _cdiv,
 ) -> dict[str, tuple]:
     """Shape of every tensor the stages pass (ints or shape expressions, as :func:`stage_launch`).
 
-    W, U and the gate prefix sums are padded to whole chunks; TensorRT allocates them as the ``gdn_prep`` outputs.
+    W, U and the gate prefix sums are padded to whole chunks; ``seg`` holds each segment's state contribution and
+    transition ``[B, H, segments, K, V + K]``. TensorRT allocates all of them as plugin outputs.
     """
     rows = cdiv(seq_len, CHUNK) * CHUNK
     return {
@@ -177,13 +224,14 @@ def stage_tensor_shapes(
         "u": (batch, heads, rows, head_v),
         "gc": (batch, heads, rows),
         "s0": (batch, heads, head_k, head_v),
-        "dst": (batch, heads, head_k, head_v),
+        "seg": (batch, heads, segments, head_k, head_v + head_k),
+        "out": (batch, heads, head_k, head_v),
     }
 
 
-def stage_dtype(stage: AotStage, name: str) -> torch.dtype:
+def stage_dtype(stage: AotStage, arg: str) -> torch.dtype:
     """The element type of a stage's pointer argument, from the kernel's Triton signature (``*bf16`` ...)."""
-    return {"*fp32": torch.float32, "*bf16": torch.bfloat16, "*fp16": torch.float16}[stage.launch.signature[name]]
+    return {"*fp32": torch.float32, "*bf16": torch.bfloat16, "*fp16": torch.float16}[stage.launch.signature[arg]]
 
 
 # -- compilation -------------------------------------------------------------------------------------------------
@@ -203,6 +251,15 @@ class AotKernel:
     @property
     def block(self) -> tuple[int, int, int]:
         return (self.num_warps * 32, 1, 1)
+
+
+def _jit_function(kernel: Any) -> Any:
+    """The kernel as a compilable JITFunction, also when its module was imported under ``TRITON_INTERPRET=1``."""
+    if is_interpreted(kernel):
+        from triton.runtime.jit import JITFunction
+
+        return JITFunction(kernel.fn)
+    return kernel
 
 
 def compile_aot(
@@ -229,7 +286,7 @@ def compile_aot(
     constexprs = dict(launch.constexprs)
     for name in stage.unused:
         signature[name], constexprs[name] = "constexpr", None
-    source = ASTSource(fn=launch.kernel, signature=signature, constexprs=constexprs)
+    source = ASTSource(fn=_jit_function(launch.kernel), signature=signature, constexprs=constexprs)
     options = {"num_warps": launch.num_warps, "num_stages": launch.num_stages}
     compiled = triton.compile(source, target=target, options=options)
     meta = compiled.metadata
@@ -302,3 +359,16 @@ def enqueue_state_update(
             stream=stream,
             config=config,
         )
+
+
+def run_stage_jit(stage: AotStage, tensors: dict[str, Any], batch: int, seq_len: int, stream: Any = None) -> None:
+    """The JIT ``impl`` of one stage: the very launch the AOT path embeds (same grid, ints and argument order), run
+    through Triton's launcher. ``tensors`` maps graph tensor names (``stage.tensors``) to tensors or raw device
+    pointers; ``stream`` as in :func:`arl2rt.plugins.common.run_launch`."""
+    grid, ints = stage_launch(stage, batch, seq_len)
+    values: dict[str, Any] = dict(ints)
+    for arg in stage.inputs + stage.outputs:
+        x = tensors[stage.tensors[arg]]
+        values[arg] = x if isinstance(x, torch.Tensor) else DevicePtr(int(x), stage_dtype(stage, arg))
+    launch = dataclasses.replace(stage.launch, grid=grid)
+    run_launch(launch, [values.get(a) for a in launch.args], stream)  # unused pointers go as None (constexpr)
