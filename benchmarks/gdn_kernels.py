@@ -188,18 +188,8 @@ def sweep_state(chunk, t=4680):
     _, k, v, g, beta, s0 = sets[0]
     ref = naive_ref_state(k, v, g, beta, s0)
     base = chunk.ChunkConfig()
-    cfgs = []
-    for bv, warps in ((32, 4), (64, 4), (64, 8)):
-        for seg in (1, 2, 4, 6, 9, 12):
-            cfgs.append(replace(base, block_v=bv, scan_warps=warps, segments=seg))
-    for extra in (
-        {"store_dtype": torch.float32},
-        {"half_state_dots": True},
-        {"scan_stages": 3},
-        {"prep_warps": 8},
-        {"combine_warps": 8},
-    ):
-        cfgs.append(replace(base, segments=6, **extra))
+    cfgs = [replace(base, block_v=bv, segments=seg) for bv in (32, 64) for seg in (3, 4, 6, 8, 11)]
+    cfgs += [replace(base, half_dots=False), replace(base, store_dtype=torch.float32), replace(base, scan_stages=3)]
     rows = []
     for cfg in cfgs:
         try:
@@ -243,8 +233,20 @@ def stages(chunk, cfg, t=4680):
         call(sets[0], launch)
     for launch in plan.launches:
         rows[launch.name] = time_graph([lambda s=s, launch=launch: call(s, launch) for s in sets])
-        log("stage", launch.name, launch.grid, fmt(rows[launch.name]))
+        log("stage", cfg, launch.name, launch.grid, fmt(rows[launch.name]))
     return rows
+
+
+def STAGE_CONFIGS(chunk):  # noqa: N802 - a table, built once chunk is imported
+    base = chunk.ChunkConfig()
+    return [
+        base,
+        replace(base, prep_warps=4),
+        replace(base, solve="blocks"),
+        replace(base, scan_warps=8),
+        replace(base, block_v=32),
+        replace(base, half_dots=False),
+    ]
 
 
 def compare_state(chunk, naive, ts, cfg):
@@ -263,6 +265,10 @@ def compare_state(chunk, naive, ts, cfg):
         row["segments"] = plan.segments
         ours = [lambda s=s: chunk.chunk_gated_delta_rule_state(*s[1:], config=cfg) for s in sets]
         ours_o = [lambda s=s: chunk.chunk_gated_delta_rule(*s[:5], initial_state=s[5], config=cfg) for s in sets]
+        sets32 = [tuple(x.float() for x in s) for s in sets[:2]]
+        row["ours_state_fp32_graph"] = time_graph(
+            [lambda s=s: chunk.chunk_gated_delta_rule_state(*s[1:], config=cfg) for s in sets32]
+        )
         row["ours_state_eager"], row["ours_state_graph"] = time_eager(ours), time_graph(ours)
         row["ours_fwd_eager"], row["ours_fwd_graph"] = time_eager(ours_o), time_graph(ours_o)
         if HAVE_FLA:
@@ -291,14 +297,14 @@ def read_bench(read, naive, ts):
     base = read.ReadConfig()
     cfgs = [base]
     for bt, warps, target, bv, stages in (
-        (64, 4, 264, 128, 3),
         (64, 8, 132, 128, 3),
-        (64, 8, 528, 128, 3),
-        (128, 8, 264, 128, 3),
-        (128, 8, 132, 128, 2),
-        (64, 4, 264, 64, 3),
-        (128, 4, 264, 64, 3),
-        (64, 8, 1056, 128, 2),
+        (64, 8, 132, 128, 4),
+        (32, 4, 132, 128, 4),
+        (32, 4, 264, 128, 4),
+        (64, 4, 132, 64, 3),
+        (64, 4, 264, 64, 4),
+        (32, 4, 264, 64, 4),
+        (64, 8, 66, 128, 3),
     ):
         cfgs.append(read.ReadConfig(block_t=bt, num_warps=warps, target_programs=target, block_v=bv, num_stages=stages))
     for t in ts:
@@ -367,7 +373,7 @@ def main():
     sections = [
         ("correctness", lambda: correctness(chunk, naive, "cuda", SHAPES, [torch.float32, torch.bfloat16])),
         ("sweep", lambda: sweep_state(chunk)),
-        ("stages", lambda: stages(chunk, chunk.ChunkConfig())),
+        ("stages", lambda: {repr(c): stages(chunk, c) for c in STAGE_CONFIGS(chunk)}),
         ("compare", lambda: compare_state(chunk, naive, [1560, 4680, 9360], chunk.ChunkConfig())),
         ("read", lambda: read_bench(read, naive, [1560, 4680, 9360])),
     ]
@@ -395,6 +401,9 @@ def summary(result):
             f"eager {fmt(row.get('fla_eager', [0, 0, 0]))} | ref eager {fmt(row['torch_ref_eager'])} "
             f"| {row['ours_state_TBps']:.2f} TB/s {row['ours_state_TFLOPs']:.0f} TFLOP/s"
         )
+    for cfg, row in (result.get("stages") or {}).items():
+        if isinstance(row, dict):
+            log("stages", cfg, {k: round(v[0], 1) for k, v in row.items()})
     rd = result.get("read")
     if isinstance(rd, list | tuple) and rd:
         for row in rd[0]:

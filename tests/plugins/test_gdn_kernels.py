@@ -29,7 +29,7 @@ if not torch.cuda.is_available() and not is_interpreted(chunk._prep_kernel):
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # relative RMS error vs float64; fp32 is exact-ish under the interpreter, tf32x3 on the GPU
-STATE_TOL = {"fp32": 1e-5, "bf16": 1e-2, "fp16": 3e-3}
+STATE_TOL = {"fp32": 1e-5, "bf16": 1.5e-2, "fp16": 3e-3}
 OUT_TOL = {"fp32": 1e-5, "bf16": 1.5e-2, "fp16": 4e-3}
 
 
@@ -79,7 +79,7 @@ STATE_CASES = [
     for dt in ("fp32", "bf16", "fp16")
     for (b, h, seg) in ((1, 2, None), (2, 1, 1))
 ]
-STATE_CASES += [(1, 130, 2, 16, 32, "fp32", 2), (2, 100, 1, 32, 16, "bf16", None)]
+STATE_CASES += [(1, 130, 2, 16, 32, "fp32", 2), (2, 100, 1, 32, 16, "bf16", None), (1, 200, 1, 128, 128, "fp32", 3)]
 
 
 def state_id(case):

@@ -7,8 +7,8 @@ masked). K and V are each one of 16, 32, 64, 128.
 Kernels, in launch order (each takes inputs → int sizes → outputs; none needs atomics or zeroed memory):
 
 1. ``_prep_kernel``, grid (chunks, B·H), every chunk at once: gate prefix sums G, N = strict_lower(β KKᵀ ⊙ Γ),
-   T = (I + N)⁻¹, W = T diag(β e^G) K and U = T diag(β) V. The inverse takes 15 substitution steps on the four 16×16
-   diagonal blocks at once, then (I + E)⁻¹ = (I − E)(I + E²) for the block-lower rest E (E⁴ = 0): four 64³ dots.
+   T = (I + N)⁻¹, W = T diag(β e^G) K and U = T diag(β) V. N is nilpotent, so the inverse is the product
+   (I − N)(I + N²)(I + N⁴)…(I + N³²): ten 64³ products on the tensor cores and no sequential substitution.
 2. ``_scan_kernel``, the only sequential part: per chunk ``S ← e^{G_n} S + Kᵀ diag(e^{G_n − G}) (U − W S)``. Columns of
    S are independent, so each program owns ``block_v`` columns. To shorten the chain, T is cut into ``segments``;
    segment s > 0 runs from a zero state (giving D_s) and also carries the K×K transition M_s (the same recurrence on
@@ -18,13 +18,14 @@ Kernels, in launch order (each takes inputs → int sizes → outputs; none need
    chunk-start states S_c, which the scan then stores (it runs with one segment).
 
 State-only mode (ARL2's clean pass) materialises W, U, G and the P segment transitions, never per-token outputs nor
-per-chunk states. The intermediates live in one workspace (:func:`workspace_layout`).
+per-chunk states. The intermediates live in one workspace, cut as ``plan_chunk(...).buffers`` says.
 
 Precision (the contract, checked against float64 in tests/plugins): products of input tensors (K Kᵀ, Q Kᵀ) use the
-input dtype with fp32 accumulation; every product that involves fp32 intermediates or the state uses fp32 operands
-with ``precision``: ``"tf32x3"`` for fp32 inputs (≈ fp32 accuracy, state within 1e-5 of float64) and ``"tf32"`` for
-bf16/fp16 inputs (state within ~1e-3). W and U are stored in the input dtype. ``half_state_dots=True`` instead runs the
-scan's two products in the half input dtype (faster, as flash-linear-attention does, less accurate).
+input dtype with fp32 accumulation; the inverse T uses fp32 operands with ``precision`` (``"tf32x3"`` for fp32 inputs,
+``"tf32"`` for half inputs). For fp32 inputs every other product is tf32x3 too: the final state is within 1e-6 of
+float64. For bf16/fp16 inputs (``half_dots``, the default) W = T·(βe^G K), U = T·(βV), W·S and Kᵀ·V_new take operands
+rounded to the input dtype with fp32 accumulation, and W, U are stored in it, as flash-linear-attention does; the state
+itself stays fp32 (state within ~3e-3 relative RMS of float64 on ARL2-like data, bf16; fla gets ~3e-3 too).
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ def _prep_kernel(
     gc,
     K: tl.constexpr,
     V: tl.constexpr,
+    BC: tl.constexpr,
     PREC: tl.constexpr,
+    SOLVE: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
     """One chunk of one head: cumulative gates G, T = (I + N)⁻¹, W = T diag(β e^G) K, U = T diag(β) V."""
@@ -82,46 +85,57 @@ def _prep_kernel(
     gv = tl.load(g + tok, mask=valid, other=0.0)
     bv = tl.load(beta + tok, mask=valid, other=0.0)
     G = tl.cumsum(gv, axis=0)
-    dk = tl.arange(0, K)
-    dv = tl.arange(0, V)
-    kt = tl.load(k + tok[:, None] * K + dk[None, :], mask=valid[:, None], other=0.0)
-    vt = tl.load(v + tok[:, None] * V + dv[None, :], mask=valid[:, None], other=0.0)
-
-    if UPCAST:
-        kk = tl.dot(kt.to(tl.float32), tl.trans(kt.to(tl.float32)), input_precision=PREC)
-    else:
-        kk = tl.dot(kt, tl.trans(kt), input_precision=PREC)
+    # K and V are handled in 64-column slices (re-read from cache) so no operand tile exceeds 64×64 fp32
+    dc = tl.arange(0, BC)
+    kk = tl.zeros((C, C), dtype=tl.float32)
+    for c0 in tl.static_range(0, K, BC):
+        kc = tl.load(k + tok[:, None] * K + c0 + dc[None, :], mask=valid[:, None], other=0.0)
+        if UPCAST:
+            kc = kc.to(tl.float32)
+        kk = tl.dot(kc, tl.trans(kc), acc=kk, input_precision=PREC)
     rc = r[:, None]
     cc = r[None, :]
     # exp of a non-positive number only: the masked upper triangle would overflow
     decay = tl.exp(tl.minimum(G[:, None] - G[None, :], 0.0))
     A = tl.where(rc > cc, bv[:, None] * kk * decay, 0.0)
 
-    # (I + A_diag)⁻¹ for the four 16×16 diagonal blocks together: step j solves row j of every block.
-    b1 = tl.arange(0, 4)[:, None, None, None]
-    b2 = tl.arange(0, 4)[None, None, :, None]
-    Ab = tl.sum(tl.where(b1 == b2, tl.reshape(A, (4, 16, 4, 16)), 0.0), axis=2)
-    i16 = tl.arange(0, 16)
-    r3 = i16[None, :, None]
-    c3 = i16[None, None, :]
-    Dinv = tl.where(r3 == c3, 1.0, 0.0) + tl.zeros((4, 16, 16), dtype=tl.float32)
-    for j in tl.static_range(1, 16):
-        a_j = tl.sum(tl.where(r3 == j, Ab, 0.0), axis=1)
-        row = tl.sum(a_j[:, :, None] * Dinv, axis=1)
-        Dinv = tl.where(r3 == j, tl.where(c3 == j, 1.0, 0.0) - row[:, None, :], Dinv)
-    Dinv = tl.reshape(tl.where(b1 == b2, tl.expand_dims(Dinv, 2), 0.0), (C, C))
+    if SOLVE == "product":
+        # A is nilpotent (A⁶⁴ = 0): (I + A)⁻¹ = (I − A)(I + A²)(I + A⁴)(I + A⁸)(I + A¹⁶)(I + A³²), all on tensor cores
+        Tm = tl.where(rc == cc, 1.0, 0.0) - A
+        Q = A
+        for _ in tl.static_range(5):
+            Q = tl.dot(Q, Q, input_precision=PREC)
+            Tm = tl.dot(Tm, Q, acc=Tm, input_precision=PREC)
+    else:
+        # (I + A_diag)⁻¹ for the four 16×16 diagonal blocks together: step j solves row j of every block.
+        b1 = tl.arange(0, 4)[:, None, None, None]
+        b2 = tl.arange(0, 4)[None, None, :, None]
+        Ab = tl.sum(tl.where(b1 == b2, tl.reshape(A, (4, 16, 4, 16)), 0.0), axis=2)
+        i16 = tl.arange(0, 16)
+        r3 = i16[None, :, None]
+        c3 = i16[None, None, :]
+        Dinv = tl.where(r3 == c3, 1.0, 0.0) + tl.zeros((4, 16, 16), dtype=tl.float32)
+        for j in tl.static_range(1, 16):
+            a_j = tl.sum(tl.where(r3 == j, Ab, 0.0), axis=1)
+            row = tl.sum(a_j[:, :, None] * Dinv, axis=1)
+            Dinv = tl.where(r3 == j, tl.where(c3 == j, 1.0, 0.0) - row[:, None, :], Dinv)
+        Dinv = tl.reshape(tl.where(b1 == b2, tl.expand_dims(Dinv, 2), 0.0), (C, C))
+        # I + A = (I + A_diag)(I + E), E = Dinv · (block-lower part of A), so (I + A)⁻¹ = (I − E)(I + E²) Dinv.
+        E = tl.dot(Dinv, tl.where(rc // 16 > cc // 16, A, 0.0), input_precision=PREC)
+        E2 = tl.dot(E, E, input_precision=PREC)
+        F = tl.dot(E2, Dinv, acc=Dinv, input_precision=PREC)
+        Tm = F - tl.dot(E, F, input_precision=PREC)
 
-    # I + A = (I + A_diag)(I + E), E = Dinv · (block-lower part of A), so (I + A)⁻¹ = (I − E)(I + E²) Dinv.
-    E = tl.dot(Dinv, tl.where(rc // 16 > cc // 16, A, 0.0), input_precision=PREC)
-    E2 = tl.dot(E, E, input_precision=PREC)
-    F = tl.dot(E2, Dinv, acc=Dinv, input_precision=PREC)
-    Tm = F - tl.dot(E, F, input_precision=PREC)
-
-    W = tl.dot(Tm, kt.to(tl.float32) * (bv * tl.exp(G))[:, None], input_precision=PREC)
-    U = tl.dot(Tm, vt.to(tl.float32) * bv[:, None], input_precision=PREC)
     row0 = i_bh.to(tl.int64) * tl.num_programs(0) * C + i_c * C + r
-    tl.store(w + row0[:, None] * K + dk[None, :], W.to(w.dtype.element_ty))
-    tl.store(u + row0[:, None] * V + dv[None, :], U.to(u.dtype.element_ty))
+    kscale = (bv * tl.exp(G))[:, None]
+    for c0 in tl.static_range(0, K, BC):
+        kc = tl.load(k + tok[:, None] * K + c0 + dc[None, :], mask=valid[:, None], other=0.0)
+        W = tl.dot(Tm, kc.to(tl.float32) * kscale, input_precision=PREC)
+        tl.store(w + row0[:, None] * K + c0 + dc[None, :], W.to(w.dtype.element_ty))
+    for c0 in tl.static_range(0, V, BC):
+        vc = tl.load(v + tok[:, None] * V + c0 + dc[None, :], mask=valid[:, None], other=0.0)
+        U = tl.dot(Tm, vc.to(tl.float32) * bv[:, None], input_precision=PREC)
+        tl.store(u + row0[:, None] * V + c0 + dc[None, :], U.to(u.dtype.element_ty))
     tl.store(gc + row0, G)
 
 
@@ -226,30 +240,37 @@ def _combine_kernel(
     K: tl.constexpr,
     V: tl.constexpr,
     BV: tl.constexpr,
-    BK: tl.constexpr,
     PREC: tl.constexpr,
 ):
     """Final state from the segment transitions: ``S = D_0;  S ← M_s S + D_s``. Grid (V/BV, B·H).
 
-    The running S lives in ``out`` and is re-read BK rows at a time, so no K×K tile is ever staged whole (shared
-    memory stays small enough for an ahead-of-time launch).
+    For K = 128 the state is carried as two 64-row halves and M_s read as four 64×64 quarters, so no 128×128 fp32 tile
+    is staged whole (shared memory stays within 48 KB for an ahead-of-time launch).
     """
+    KH: tl.constexpr = K // 2 if K > 64 else K
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1)
-    rk = tl.arange(0, K)
-    rb = tl.arange(0, BK)
+    rh = tl.arange(0, KH)
     cv = i_v * BV + tl.arange(0, BV)
-    base = seg + i_bh.to(tl.int64) * NSEG * K * (V + K)
-    dst = out + i_bh.to(tl.int64) * K * V
-    tl.store(dst + rk[:, None] * V + cv[None, :], tl.load(base + rk[:, None] * (V + K) + cv[None, :]))
+    base = seg + i_bh.to(tl.int64) * NSEG * K * (V + K) + rh[:, None] * (V + K)
+    S0 = tl.load(base + cv[None, :])
+    if K > 64:
+        S1 = tl.load(base + KH * (V + K) + cv[None, :])
     for s in range(1, NSEG):
-        tl.debug_barrier()
-        acc = tl.load(base + (s * K + rk[:, None]) * (V + K) + cv[None, :])
-        for kb in tl.static_range(0, K, BK):
-            m = tl.load(base + (s * K + rk[:, None]) * (V + K) + V + kb + rb[None, :])
-            acc = tl.dot(m, tl.load(dst + (kb + rb[:, None]) * V + cv[None, :]), acc=acc, input_precision=PREC)
-        tl.debug_barrier()
-        tl.store(dst + rk[:, None] * V + cv[None, :], acc)
+        ms = base + s * K * (V + K) + V + rh[None, :]
+        ds = base + s * K * (V + K) + cv[None, :]
+        if K > 64:
+            top = tl.dot(tl.load(ms), S0, acc=tl.load(ds), input_precision=PREC)
+            top = tl.dot(tl.load(ms + KH), S1, acc=top, input_precision=PREC)
+            bot = tl.dot(tl.load(ms + KH * (V + K)), S0, acc=tl.load(ds + KH * (V + K)), input_precision=PREC)
+            S1 = tl.dot(tl.load(ms + KH * (V + K) + KH), S1, acc=bot, input_precision=PREC)
+            S0 = top
+        else:
+            S0 = tl.dot(tl.load(ms), S0, acc=tl.load(ds), input_precision=PREC)
+    dst = out + i_bh.to(tl.int64) * K * V + rh[:, None] * V + cv[None, :]
+    tl.store(dst, S0)
+    if K > 64:
+        tl.store(dst + KH * V, S1)
 
 
 @triton.jit
@@ -311,19 +332,21 @@ class ChunkConfig:
     ``block_v``: state columns per scan program (None: 64 for half inputs, 32 for fp32, whose split tf32x3 operands
     need more registers). ``precision``: Triton ``input_precision`` of fp32 products (None: "tf32x3" for fp32 inputs,
     "tf32" for half inputs). ``store_dtype``: dtype of W and U in the workspace (None: the input dtype).
-    ``half_state_dots``: see the module docstring.
+    ``half_dots``: see the module docstring. ``solve``: "product" (nilpotent product on tensor cores) or "blocks"
+    (16×16 substitution, then a block merge).
     """
 
     segments: int | None = None
     target_programs: int = 264
     block_v: int | None = None
-    scan_warps: int = 8
+    scan_warps: int = 4
     scan_stages: int = 2
     prep_warps: int = 8
     combine_block_v: int = 32
     combine_warps: int = 4
     output_warps: int = 8
-    half_state_dots: bool = False
+    half_dots: bool = True
+    solve: str = "product"
     precision: str | None = None
     store_dtype: torch.dtype | None = None
 
@@ -389,7 +412,7 @@ def plan_chunk(
     nseg = 1 if with_output else _segments(cfg, bh, nt, ndv, ncol)
     cps = math.ceil(nt / nseg)
     prec = cfg.precision or ("tf32x3" if dtype == torch.float32 else "tf32")
-    half_dots = cfg.half_state_dots and dtype != torch.float32
+    half_dots = cfg.half_dots and dtype != torch.float32
     # Triton's CPU interpreter multiplies bf16 operands as raw integers; there, half products run on exact fp32 copies
     upcast = is_interpreted(_prep_kernel) and dtype == torch.bfloat16
 
@@ -421,7 +444,7 @@ def plan_chunk(
             1,
             ("k", "v", "g", "beta", "T", "H", "w", "u", "gc"),
             {"k": ptr, "v": ptr, "g": f32, "beta": f32, "T": "i32", "H": "i32", "w": sptr, "u": sptr, "gc": f32},
-            {"K": K, "V": V, "PREC": prec, "UPCAST": upcast},
+            {"K": K, "V": V, "BC": min(K, V, 64), "PREC": prec, "SOLVE": cfg.solve, "UPCAST": upcast},
         ),
         KernelLaunch(
             _scan_kernel,
@@ -465,7 +488,7 @@ def plan_chunk(
                 1,
                 ("seg", "NSEG", "out"),
                 {"seg": f32, "NSEG": "i32", "out": f32},
-                {"K": K, "V": V, "BV": min(cfg.combine_block_v, V), "BK": min(K, 32), "PREC": prec},
+                {"K": K, "V": V, "BV": min(cfg.combine_block_v, V), "PREC": prec},
             )
         )
     if with_output:

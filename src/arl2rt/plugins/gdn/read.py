@@ -83,8 +83,8 @@ class ReadConfig:
 
     block_t: int = 64
     block_v: int = 128
-    target_programs: int = 264
-    num_warps: int = 4
+    target_programs: int = 132
+    num_warps: int = 8
     num_stages: int = 3
 
 
