@@ -109,20 +109,14 @@ def test_backend_names_the_bad_feed(tiny_cfg, tiny_context):
         be.run("denoise_step", feeds)
 
 
-def test_rope_table_limit_is_a_clear_error(tiny_cfg, tiny_context):
+def test_stream_runs_past_the_rope_table_by_rebasing_positions(tiny_cfg, tiny_context):
+    """Re-basing (runtime/rope_rebase.py; exactness is tested in test_generate_long_stream.py) keeps streams going."""
     cfg = _small(tiny_cfg, rope_max_positions=2)
     with TorchBackend(random_model(cfg), StateSpec(cfg)) as be:
         s = Streamer(be, seed=0)
         s.start(tiny_context)
-        list(s.stream(2))
-        with pytest.raises(Arl2rtError, match="RoPE table"):
-            s.next_block()
-
-
-def test_unwritten_cache_memory_is_poisoned_in_tests(tiny_cfg):
-    """The conftest NaN-fills library allocations: a stream that read unwritten cache slots would turn NaN."""
-    from arl2rt.runtime.state_store import StateStore
-
-    store = StateStore(StateSpec(_small(tiny_cfg)), batch=1, device="cpu", max_frames=2)
-    cache = store.caches[tiny_cfg.softmax_layers[0]]
-    assert torch.isnan(cache.key).all() and cache.view()[0].numel() == 0
+        blocks = list(s.stream(5))
+        assert s.position.frame == 5 and s.position.rope_frame == 1
+        assert all(torch.isfinite(b).all() for b in blocks)
+    with pytest.raises(Arl2rtError, match="exceeds the 2-position RoPE table"):
+        Streamer(TorchBackend(random_model(cfg), StateSpec(dataclasses.replace(cfg, frames_per_block=3))))

@@ -1,4 +1,4 @@
-"""``arl2rt generate``: stream a video block by block on a backend."""
+"""``arl2rt generate``: stream a video block by block, writing frames as they are made; save and resume sessions."""
 
 from __future__ import annotations
 
@@ -6,56 +6,130 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import Progress
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from arl2rt.cli._common import err, out, print_json, user_errors
-from arl2rt.model.config import load_config
-from arl2rt.runtime.generate import generate_latents, random_context, random_model
+from arl2rt.runtime import generate as lib
 
 app = typer.Typer()
+
+INTERRUPTED_EXIT = 130  # the shell's code for a process stopped by Ctrl-C
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "n/a"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _summary(r: lib.GenerateResult) -> str:
+    head = "stopped (Ctrl-C)" if r.interrupted else "wrote"
+    resumed = f" (resumed at block {r.resumed_from_block})" if r.resumed_from_block is not None else ""
+    lines = [
+        f"{head} {r.output} [{r.format}]: {r.frames} frames in {r.blocks} blocks{resumed}, stream now "
+        f"{r.total_frames} frames; {r.seconds:.2f} s on {r.backend}: {r.blocks_per_s:.2f} blocks/s, "
+        f"{r.frames_per_s:.2f} frames/s",
+        f"model: {r.model}",
+        f"memory: state {human_bytes(sum(r.state_bytes.values()))} (GDN {human_bytes(r.state_bytes['gdn_states'])}, "
+        f"K/V cache {human_bytes(r.state_bytes['kv_cache'])}, text {human_bytes(r.state_bytes['context'])}), "
+        f"peak state {human_bytes(r.peak_state_bytes)}, peak RSS {human_bytes(r.peak_rss_bytes)}"
+        + (f", peak CUDA {human_bytes(r.peak_cuda_bytes)}" if r.peak_cuda_bytes is not None else ""),
+    ]
+    if r.session is not None:
+        lines.append(
+            f"session: {r.session}, last snapshot at block {r.session_block}; continue with --resume {r.session}"
+        )
+    return "\n".join(lines)
 
 
 @app.command()
 @user_errors
 def generate(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the result (.npz latents).")],
-    config: Annotated[str, typer.Option(help="Preset name (tiny, wan2.1-t2v-1.3b) or a JSON config file.")] = "tiny",
-    backend: Annotated[str, typer.Option(help="Backend that runs the steps.")] = "torch",
-    blocks: Annotated[int, typer.Option(min=1, help="Number of AR blocks to generate.")] = 4,
-    seed: Annotated[int, typer.Option(help="Seed of the noise and of the text context.")] = 0,
-    dtype: Annotated[str, typer.Option(help="Activation precision: float32, float16, bfloat16, float64.")] = "float32",
-    device: Annotated[str, typer.Option(help="torch device for the torch backend.")] = "cpu",
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="out.mp4, out.gif, out.npz (latents) or DIR/ (PNG frames). On --resume: "
+            "default the session's output, which is appended to.",
+        ),
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help="An exported model package directory (arl2rt export).")
+    ] = None,
+    config: Annotated[
+        str | None, typer.Option(help="PyTorch model: preset name (tiny, wan2.1-t2v-1.3b) or a JSON config file.")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Checkpoint for --config; without one the weights are random.")
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="torch | onnxruntime | tensorrt. Default: torch for a PyTorch model, onnxruntime for a package."
+        ),
+    ] = None,
+    prompt: Annotated[
+        str | None, typer.Option(help="Prompt in the embedded model's words, e.g. 'two red balls and one blue ball'.")
+    ] = None,
+    context: Annotated[
+        Path | None,
+        typer.Option(
+            help="Precomputed text embeddings: safetensors with 'context' [B, text_len, text_dim] (Wan: umT5)."
+        ),
+    ] = None,
+    frames: Annotated[
+        int | None,
+        typer.Option(help=f"Length in latent frames, rounded up to whole blocks [default: {lib.DEFAULT_FRAMES}]."),
+    ] = None,
+    blocks: Annotated[int | None, typer.Option(help="Length in AR blocks (instead of --frames).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the noise (and of random text) [default: 0].")] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="float32, float16, bfloat16, float64 (torch); a package runs at its own.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N [default: cpu; cuda for tensorrt].")] = None,
+    fps: Annotated[int, typer.Option(min=1, help="Frame rate of video outputs.")] = 16,
+    save_session: Annotated[
+        Path | None, typer.Option(help="Snapshot the stream into this directory every --save-every blocks.")
+    ] = None,
+    save_every: Annotated[int, typer.Option(min=1, help="Blocks between snapshots.")] = lib.DEFAULT_SAVE_EVERY,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the stream saved in this session directory (model, text, output).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", "-y", help="Replace an existing output.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Generate a stream with random weights of a config and write its latents."""
-    cfg = load_config(config)
-    model = random_model(cfg)
-    with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task(f"{blocks} blocks", total=blocks)
-        result = generate_latents(
-            model,
-            random_context(cfg, seed),
-            blocks=blocks,
-            seed=seed,
-            output=output,
-            backend=backend,
-            dtype=dtype,
-            device=device,
-            progress=lambda: bar.advance(task),
-        )
-    summary = {
-        "output": str(result.output),
-        "backend": result.backend,
-        "blocks": result.blocks,
-        "latent_frames": result.latent_frames,
-        "seconds": round(result.seconds, 3),
-        "state_bytes": result.state_bytes,
-    }
+    """Generate a video stream block by block; every block's frames reach the output as soon as it is made."""
+    opts = lib.GenerateOptions(
+        output=output, model=model, config=config, checkpoint=checkpoint, backend=backend, prompt=prompt,
+        context=context, frames=frames, blocks=blocks, seed=seed, dtype=dtype, device=device, fps=fps,
+        save_session=save_session, save_every=save_every, resume=resume, overwrite=overwrite,
+    )  # fmt: skip
+    columns = (
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rates]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("blocks", total=None, rates="")
+
+        def show(p: lib.Progress) -> None:
+            rates = f"{p.blocks_per_s:.2f} blocks/s  {p.frames_per_s:.1f} frames/s  state {human_bytes(p.state_bytes)}"
+            bar.update(task, completed=p.block, total=p.total_blocks, rates=rates)
+
+        result = lib.run_generate(opts, progress=show)
+    for note in result.notes:
+        err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     if json_:
-        print_json(summary)
+        print_json(result.to_dict())
     else:
-        out.print(
-            f"wrote {result.output}: {result.blocks} blocks, {result.latent_frames} latent frames in "
-            f"{result.seconds:.2f} s on {result.backend}; GDN state {result.state_bytes['gdn_states']} B, "
-            f"KV cache {result.state_bytes['kv_cache']} B"
-        )
+        out.print(_summary(result), highlight=False, markup=False, soft_wrap=True)
+    if result.interrupted:
+        raise typer.Exit(INTERRUPTED_EXIT)

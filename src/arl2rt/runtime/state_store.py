@@ -7,6 +7,8 @@ block's K/V to a preallocated cache, global (grows geometrically) or a rolling w
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from arl2rt.errors import Arl2rtError
@@ -76,6 +78,24 @@ class KVCache:
 
     def nbytes(self) -> int:
         return self.key.numel() * self.key.element_size() * 2
+
+    def rotate_keys(self, rotate: Callable[[torch.Tensor, int], torch.Tensor], chunk_tokens: int) -> None:
+        """Replace the valid cached K by ``rotate(K, head_dim_axis)``, a slice of tokens at a time (RoPE re-base)."""
+        n = self.frames * self.tpf
+        for start in range(0, n, chunk_tokens):
+            part = self.key[:, start : min(start + chunk_tokens, n)]
+            part.copy_(rotate(part, -1))
+
+    def load(self, key: torch.Tensor, value: torch.Tensor) -> None:
+        """Set the cache to ``key``/``value`` (whole frames, stream order), e.g. from a session snapshot."""
+        frames = key.shape[1] // self.tpf
+        if self.max_past is not None and frames > self.max_past:
+            raise Arl2rtError(f"K/V cache: {frames} past frames do not fit a rolling window of {self.max_past} frames")
+        if frames > self.capacity_frames:
+            self.key, self.value = self._alloc(frames), self._alloc(frames)
+        self.key[:, : key.shape[1]] = key
+        self.value[:, : value.shape[1]] = value
+        self.frames = frames
 
 
 class StateStore:
@@ -149,6 +169,55 @@ class StateStore:
                 self.states[past] = value
         for i, cache in self.caches.items():
             cache.append(outputs[f"present_key.{i}"], outputs[f"present_value.{i}"])
+
+    def rotate_keys(self, rotate: Callable[[torch.Tensor, int], torch.Tensor], chunk_tokens: int) -> None:
+        """Apply ``rotate(tensor, key_axis)`` to every stored key: cached K and the key axis of each GDN state.
+
+        Used to re-base RoPE positions (:mod:`arl2rt.runtime.rope_rebase`). States are replaced, not written in place
+        (they may be a backend's inference-mode outputs); the spares keep their buffers for the next ping-pong.
+        """
+        with torch.no_grad():
+            for name, state in self.states.items():
+                self.states[name] = rotate(state, 2)  # [B, H, D_k, D_v]
+            for cache in self.caches.values():
+                cache.rotate_keys(rotate, chunk_tokens)
+
+    # -- snapshots -----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything a stream needs to continue, by StateSpec name: ``past_state.*``, the valid ``past_key.*`` /
+        ``past_value.*`` of each cache (whole frames, stream order) and the text ``context_key.*``/``context_value.*``.
+
+        Tensors are views of the store's buffers: copy them (e.g. to the CPU) before the next step.
+        """
+        tensors = {**self.context, **self.states}
+        for i, cache in self.caches.items():
+            tensors[f"past_key.{i}"], tensors[f"past_value.{i}"] = cache.view()
+        return tensors
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], source: str = "state") -> None:
+        """Restore what :meth:`state_dict` returned (on any device); every name, shape and dtype is checked."""
+        specs = {s.name: s for s in self.spec.context_kv()}
+        specs.update({s.name: s for s in self.spec.step_inputs() if s.kind in ("past_state", "past_key", "past_value")})
+        missing, extra = sorted(set(specs) - set(tensors)), sorted(set(tensors) - set(specs))
+        if missing or extra:
+            raise Arl2rtError(f"{source}: missing tensors {missing}, unexpected tensors {extra}")
+        tpf = self.spec.config.tokens_per_frame
+        for name, s in specs.items():
+            t = tensors[name]
+            s.check(t, batch=self.batch)
+            if s.kind in ("past_key", "past_value") and t.shape[1] % tpf:
+                raise Arl2rtError(f"{source}: tensor {name} holds {t.shape[1]} tokens, not whole frames of {tpf}")
+        self.reset()
+        self.context = {s.name: tensors[s.name].to(self.device).clone() for s in self.spec.context_kv()}
+        for name in self.states:
+            self.states[name] = tensors[name].to(self.device).clone()
+        for i, cache in self.caches.items():
+            key, value = tensors[f"past_key.{i}"], tensors[f"past_value.{i}"]
+            if key.shape != value.shape:
+                raise Arl2rtError(
+                    f"{source}: past_key.{i} {list(key.shape)} and past_value.{i} {list(value.shape)} differ"
+                )
+            cache.load(key.to(self.device), value.to(self.device))
 
     def nbytes(self) -> dict[str, int]:
         """Memory held now: GDN states (constant), K/V caches (grow or roll), text K/V."""

@@ -3,6 +3,8 @@
 Per block: fresh noise, the denoising passes (``denoise_step``, states read only, re-noising with fresh seeded noise
 between them), then the clean t = 0 pass (``commit_step``) whose outputs the StateStore binds as the next states.
 Noise comes from a seeded CPU generator in float32 whatever the backend, so two backends see the same stream.
+The RoPE frame index fed to the graphs is the absolute latent-frame index until the table would run out; then
+:mod:`arl2rt.runtime.rope_rebase` re-bases it exactly, so a stream never ends for lack of positions.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from arl2rt.errors import Arl2rtError
 from arl2rt.model.scheduler import FlowMatchScheduler
 from arl2rt.runtime.backend import Backend
+from arl2rt.runtime.rope_rebase import RopePositions
 from arl2rt.runtime.state_store import StateStore
 
 # (graph, block index, pass index, feeds, outputs) -> None; called after every step, e.g. by parity.
@@ -23,8 +26,11 @@ StepHook = Callable[[str, int, int, dict, dict], None]
 
 @dataclass
 class StreamPosition:
+    """Where a stream is: blocks and latent frames made so far, and the RoPE index of the next frame."""
+
     block: int = 0
     frame: int = 0
+    rope_frame: int = 0
 
 
 class Streamer:
@@ -47,6 +53,7 @@ class Streamer:
         self.store = StateStore(self.spec, batch, backend.device, max_frames=max_frames)
         self.generator = torch.Generator()
         self.position = StreamPosition()
+        self.rope = RopePositions(self.cfg)
         self._io_dtype = self.spec.velocity().torch_dtype
 
     def start(self, context: torch.Tensor, seed: int | None = None) -> None:
@@ -68,7 +75,7 @@ class Streamer:
     def _feeds(self, latents: torch.Tensor, t: float) -> dict[str, torch.Tensor]:
         f = self.cfg.frames_per_block
         timestep = torch.full((self.batch, f), t, dtype=self._io_dtype, device=self.backend.device)
-        offset = torch.tensor(self.position.frame, dtype=torch.int64, device=self.backend.device)
+        offset = torch.tensor(self.position.rope_frame, dtype=torch.int64, device=self.backend.device)
         return {"latents": latents, "timestep": timestep, "frame_offset": offset, **self.store.feeds()}
 
     def _run(self, graph: str, feeds: dict, pass_index: int, out: dict | None = None) -> dict:
@@ -80,11 +87,7 @@ class Streamer:
     def next_block(self) -> torch.Tensor:
         """Generate one block; returns its denoised latents ``[B, C, F, H, W]`` (io dtype, backend device)."""
         c = self.cfg
-        if self.position.frame + c.frames_per_block > c.rope_max_positions:
-            raise Arl2rtError(
-                f"stream position {self.position.frame} + {c.frames_per_block} frames exceeds the "
-                f"{c.rope_max_positions}-position RoPE table of config {c.name}"
-            )
+        self.rope.before_block(self.position, self.store)
         sched = self.scheduler
         x = self._noise()
         x0 = x
@@ -97,7 +100,17 @@ class Streamer:
         self.store.commit(outputs)
         self.position.block += 1
         self.position.frame += c.frames_per_block
+        self.position.rope_frame += c.frames_per_block
         return x0
+
+    def restore(self, tensors: dict[str, torch.Tensor], position: StreamPosition, rng_state: torch.Tensor) -> None:
+        """Continue a stream saved earlier: its StateStore tensors, position and noise-generator state.
+
+        With the same backend on a CPU the blocks that follow are bit-identical to those of the uninterrupted stream.
+        """
+        self.store.load_state_dict(tensors)
+        self.position = StreamPosition(position.block, position.frame, position.rope_frame)
+        self.generator.set_state(rng_state)
 
     def stream(self, num_blocks: int) -> Iterator[torch.Tensor]:
         if num_blocks < 0:

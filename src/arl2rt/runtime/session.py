@@ -1,0 +1,208 @@
+"""Resumable streams: snapshots of a Streamer on disk (``--save-session DIR``, ``--resume DIR``).
+
+A session directory holds one complete snapshot, named by a pointer file::
+
+    DIR/LATEST                      "snap-000012" (replaced atomically: write a temp file, fsync, rename)
+    DIR/snap-000012/state.safetensors   GDN states, valid K/V of every cache, text K/V, the noise generator's state
+    DIR/snap-000012/session.json    position (block, frame, RoPE frame), model identity, config, precision, backend,
+                                    seed, target length, output writer state, and the sha256 of state.safetensors
+
+A save writes a new ``snap-*`` under a temporary name, fsyncs it, renames it into place, then points LATEST at it and
+only then deletes the previous snapshot: a crash at any moment leaves LATEST naming a complete snapshot. Loading
+checks the format, the checksum and every tensor's name, shape and dtype; resuming checks the model identity
+(sha256 of the package manifest, or of the config and state_dict of a PyTorch model), so another model or a
+corrupted snapshot is an :class:`Arl2rtError`, never a silently different stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from arl2rt import __version__
+from arl2rt.errors import Arl2rtError
+from arl2rt.model.dit import CausalDiT
+from arl2rt.runtime.streamer import Streamer, StreamPosition
+
+FORMAT = "arl2rt-session"
+VERSION = 1
+LATEST = "LATEST"
+TENSORS = "state.safetensors"
+META = "session.json"
+RNG_KEY = "__rng_state__"
+_SNAP = re.compile(r"snap-(\d{6,})")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def module_identity(model: CausalDiT) -> str:
+    """sha256 over the config and every parameter/buffer (name, dtype, shape, bytes) of a PyTorch model."""
+    h = hashlib.sha256(json.dumps(model.cfg.to_dict(), sort_keys=True).encode())
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Snapshot:
+    """A loaded, verified snapshot: its metadata and the Streamer tensors (RNG state separate)."""
+
+    path: Path
+    meta: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    rng_state: torch.Tensor
+
+    @property
+    def position(self) -> StreamPosition:
+        p = self.meta["position"]
+        return StreamPosition(p["block"], p["frame"], p["rope_frame"])
+
+    def restore(self, streamer: Streamer) -> None:
+        streamer.restore(self.tensors, self.position, self.rng_state)
+
+
+def latest_name(root: Path) -> str | None:
+    pointer = root / LATEST
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text().strip()
+    if not _SNAP.fullmatch(name):
+        raise Arl2rtError(f"session {pointer}: expected a snapshot name like snap-000012, found {name[:40]!r}")
+    return name
+
+
+def prepare_session_dir(root: Path, *, resuming_from: Path | None = None) -> None:
+    """A directory new snapshots may go to: new or empty, or the session being resumed (never someone's files)."""
+    if resuming_from is not None and root.resolve() == resuming_from.resolve():
+        return
+    if root.exists():
+        if not root.is_dir():
+            raise Arl2rtError(f"session {root}: expected a directory, found a file")
+        if latest_name(root) is not None:
+            raise Arl2rtError(
+                f"session {root}: already holds a session; continue it with --resume {root} or choose another directory"
+            )
+        if any(root.iterdir()):
+            raise Arl2rtError(f"session {root}: expected a new or empty directory, found other files in it")
+    root.mkdir(parents=True, exist_ok=True)
+
+
+def save_snapshot(root: Path, streamer: Streamer, meta: dict[str, Any]) -> Path:
+    """Write a snapshot of ``streamer`` (plus the caller's ``meta``) into ``root`` atomically; returns its directory."""
+    pos = streamer.position
+    name = f"snap-{pos.block:06d}"
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in streamer.store.state_dict().items()}
+        tensors[RNG_KEY] = streamer.generator.get_state()
+        save_file(tensors, str(tmp / TENSORS))
+        with open(tmp / TENSORS, "rb+") as f:
+            os.fsync(f.fileno())
+        record = {
+            "format": FORMAT,
+            "version": VERSION,
+            "arl2rt": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **meta,
+            "position": {"block": pos.block, "frame": pos.frame, "rope_frame": pos.rope_frame},
+            "tensors": {"file": TENSORS, "sha256": file_sha256(tmp / TENSORS), "bytes": (tmp / TENSORS).stat().st_size},
+        }
+        with open(tmp / META, "w") as f:
+            json.dump(record, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        final = root / name
+        if final.exists():  # a stale copy from a run that crashed before moving LATEST to it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        pointer = root / f".{LATEST}.partial"
+        with open(pointer, "w") as f:
+            f.write(name + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(pointer, root / LATEST)
+        _fsync_dir(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for old in root.iterdir():  # only now is the previous snapshot redundant
+        if old.name != name and (_SNAP.fullmatch(old.name) or old.name.startswith(".tmp-snap-")):
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_snapshot(root: Path) -> Snapshot:
+    """The snapshot LATEST names, verified (format, checksum, tensors present); see :func:`check_compatible`."""
+    if not root.is_dir():
+        raise Arl2rtError(f"session {root}: no such directory")
+    name = latest_name(root)
+    if name is None:
+        raise Arl2rtError(f"session {root}: no {LATEST} file; expected a directory written by --save-session")
+    snap = root / name
+    try:
+        meta = json.loads((snap / META).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise Arl2rtError(f"session {snap / META}: cannot read the snapshot record ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        found = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else type(meta).__name__
+        raise Arl2rtError(f"session {snap / META}: expected format {FORMAT!r} version {VERSION}, found {found}")
+    path = snap / TENSORS
+    if not path.is_file():
+        raise Arl2rtError(f"session {path}: missing; the snapshot is incomplete")
+    want, got = meta["tensors"]["sha256"], file_sha256(path)
+    if want != got:
+        raise Arl2rtError(f"session {path}: sha256 {got[:16]}… does not match the recorded {want[:16]}…; corrupted")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise Arl2rtError(f"session {path}: cannot read tensors ({exc})") from None
+    rng = tensors.pop(RNG_KEY, None)
+    if rng is None:
+        raise Arl2rtError(f"session {path}: no {RNG_KEY} tensor; expected the noise generator's state")
+    return Snapshot(snap, meta, tensors, rng)
+
+
+def check_compatible(snapshot: Snapshot, *, identity: str, source: str, config: dict, dtype: str) -> None:
+    """The run that resumes must load the very model (and precision) the snapshot was made with."""
+    model = snapshot.meta["model"]
+    where = snapshot.path / META
+    config = json.loads(json.dumps(config))  # tuples -> lists, as the record holds them
+    if model["identity"] != identity:
+        raise Arl2rtError(
+            f"session {where}: made with model {model['identity'][:16]}… ({model['description']}), this run loads "
+            f"{identity[:16]}… ({source}); resume with the same model"
+        )
+    if model["config"] != config:
+        diff = sorted(k for k in set(config) | set(model["config"]) if config.get(k) != model["config"].get(k))
+        raise Arl2rtError(f"session {where}: config differs from this run's in {diff}")
+    if snapshot.meta["dtype"] != dtype:
+        raise Arl2rtError(f"session {where}: made at precision {snapshot.meta['dtype']}, this run uses {dtype}")
