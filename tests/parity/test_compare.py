@@ -17,6 +17,7 @@ def test_metrics_of_a_known_perturbation():
     m = tensor_metrics(ref, cand, atol=0.0, rtol=0.011)
     assert m.max_abs == pytest.approx(0.04)
     assert m.max_rel == pytest.approx(0.01)
+    assert m.peak_rel == pytest.approx(0.04 / 4.0)
     assert m.rel_l2 == pytest.approx(math.sqrt(0.02**2 + 0.04**2) / math.sqrt(1 + 4 + 16 + 0.25))
     assert m.cosine == pytest.approx(float(torch.dot(ref, cand) / (ref.norm() * cand.norm())))
     mse = (0.02**2 + 0.04**2) / 4

@@ -36,7 +36,9 @@ def parity(
     target: Annotated[str, typer.Option(help="Export target when no --package: onnxruntime or portable.")] = (
         "onnxruntime"
     ),
-    dtype: Annotated[str, typer.Option(help="Candidate precision: float32, float16, bfloat16.")] = "float32",
+    dtype: Annotated[
+        str | None, typer.Option(help="Candidate precision: float32 (default), float16, bfloat16; or the package's.")
+    ] = None,
     package: Annotated[Path | None, typer.Option(help="Run this exported package instead of exporting.")] = None,
     blocks: Annotated[int, typer.Option(min=1, help="AR blocks to stream.")] = 16,
     seed: Annotated[int, typer.Option(help="Seed of the noise and the text context.")] = 0,
@@ -114,12 +116,12 @@ def _fmt(x: float | str) -> str:
 def _print(result: ParityResult, per_step: bool) -> None:
     for m in result.modes:
         table = Table(
-            "block", "max abs", "max rel", "rel L2", "min cosine", "min PSNR dB", "worst tensor", "ok",
+            "block", "max abs", "max rel", "peak rel", "rel L2", "min cosine", "min PSNR dB", "worst tensor", "ok",
             title=f"{m}: {result.candidate} vs {result.reference}",
         )  # fmt: skip
         for p in result.drift(m):
             table.add_row(
-                str(p.block), _fmt(p.max_abs), _fmt(p.max_rel), _fmt(p.rel_l2), f"{p.min_cosine:.8f}",
+                str(p.block), _fmt(p.max_abs), _fmt(p.max_rel), _fmt(p.peak_rel), _fmt(p.rel_l2), f"{p.min_cosine:.8f}",
                 _fmt(p.min_psnr), p.worst_tensor, "[green]yes[/]" if p.passed else "[red]no[/]",
             )  # fmt: skip
         out.print(table)

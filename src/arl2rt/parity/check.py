@@ -46,17 +46,20 @@ def _torch_backend(model: CausalDiT, dtype: str, device: str) -> TorchBackend:
     return TorchBackend(lambda: copy.deepcopy(model), StateSpec(model.cfg, dtype), device)
 
 
-def _package(model: CausalDiT, package: Path | None, target: str, dtype: str, export_dir: Path, progress):
+def _package(model: CausalDiT, package: Path | None, target: str, dtype: str | None, export_dir: Path):
     from arl2rt.export.package import ModelPackage, export_package
 
     if package is None:
-        return export_package(model, export_dir, target=target, dtype=dtype, progress=progress)
+        # overwrite only ever replaces an arl2rt package (the one an earlier --save-polygraphy run wrote there)
+        return export_package(model, export_dir, target=target, dtype=dtype or "float32", overwrite=True)
     loaded = ModelPackage.load(package)
     if loaded.config != model.cfg:
         raise Arl2rtError(
             f"package {package}: exported for config {loaded.config.name!r}, but the reference model is "
             f"{model.cfg.name!r} (configs differ)"
         )
+    if dtype is not None and loaded.spec.dtype != dtype:
+        raise Arl2rtError(f"package {package} holds {loaded.spec.dtype} graphs; expected --dtype {dtype}")
     return loaded
 
 
@@ -66,7 +69,7 @@ def check_parity(
     *,
     backend: str = "onnxruntime",
     target: str = "onnxruntime",
-    dtype: str = "float32",
+    dtype: str | None = None,
     package: Path | None = None,
     blocks: int = 16,
     seed: int = 0,
@@ -80,7 +83,7 @@ def check_parity(
 ) -> ParityReport:
     """Stream ``blocks`` blocks of ``model`` on the float64 torch reference and on the candidate; compare each step.
 
-    ``dtype`` is the candidate's precision (a given package's own precision wins; a different explicit one is an
+    ``dtype`` is the candidate's precision: default float32, or a given package's own (naming another is an
     error). ``atol``/``rtol`` override the defaults of that precision per tensor name or kind (key ``""``: default).
     """
     if backend not in CANDIDATE_BACKENDS:
@@ -93,7 +96,7 @@ def check_parity(
     with ExitStack() as stack:
         package_path = None
         if backend == "torch":
-            candidate: Backend = _torch_backend(model, dtype, device)
+            candidate: Backend = _torch_backend(model, dtype or "float32", device)
         else:
             from arl2rt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
@@ -101,9 +104,7 @@ def check_parity(
                 export_dir = save_polygraphy / "package"
             else:
                 export_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="arl2rt-parity-"))) / "pkg"
-            pkg = _package(model, package, target, dtype, export_dir, None)
-            if package is not None and pkg.spec.dtype != dtype:
-                raise Arl2rtError(f"package {package} holds {pkg.spec.dtype} graphs; expected --dtype {dtype}")
+            pkg = _package(model, package, target, dtype, export_dir)
             package_path = pkg.root
             candidate = OnnxRuntimeBackend(pkg, device)
         reference = _torch_backend(model, "float64", device)

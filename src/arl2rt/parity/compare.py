@@ -37,13 +37,15 @@ DEFAULT_TOLERANCES: dict[str, dict[str, dict[str, float]]] = {
 class TensorMetrics:
     """How far a candidate tensor is from its reference (all computed in float64).
 
-    ``max_rel`` is the element-wise maximum of ``|c - r| / |r|`` (polygraphy's); ``rel_l2`` is ``||c - r|| / ||r||``
-    (flash-linear-attention's RMS ratio, robust to near-zero elements); ``psnr`` uses ``max |r|`` as the peak.
+    ``max_rel`` is the element-wise maximum of ``|c - r| / |r|`` (polygraphy's; huge where ``r`` is near zero);
+    ``peak_rel`` is ``max |c - r| / max |r|``, the largest error relative to the tensor's range; ``rel_l2`` is
+    ``||c - r|| / ||r||`` (flash-linear-attention's RMS ratio); ``psnr`` uses ``max |r|`` as the peak.
     ``mismatches`` counts elements failing the ``atol``/``rtol`` rule; ``passed`` is no mismatch and all finite.
     """
 
     max_abs: float
     max_rel: float
+    peak_rel: float
     rel_l2: float
     cosine: float
     psnr: float
@@ -75,7 +77,7 @@ def tensor_metrics(reference: torch.Tensor, candidate: torch.Tensor, atol: float
     c = candidate.detach().to("cpu", torch.float64).flatten()
     finite = bool(torch.isfinite(c).all())
     if r.numel() == 0:
-        return TensorMetrics(0.0, 0.0, 0.0, 1.0, math.inf, finite, 0, atol, rtol)
+        return TensorMetrics(0.0, 0.0, 0.0, 0.0, 1.0, math.inf, finite, 0, atol, rtol)
     diff = (c - r).abs()
     denom = r.abs().clamp_min(_REL_EPS)
     rel = diff / denom
@@ -87,7 +89,8 @@ def tensor_metrics(reference: torch.Tensor, candidate: torch.Tensor, atol: float
     return TensorMetrics(
         max_abs=float(diff.max()),
         max_rel=float(rel.max()),
-        rel_l2=err_norm / r_norm if r_norm > 0 else (0.0 if err_norm == 0 else math.inf),
+        peak_rel=_ratio(float(diff.max()), peak),
+        rel_l2=_ratio(err_norm, r_norm),
         cosine=_cosine(r, c, r_norm, c_norm),
         psnr=math.inf if mse == 0 else (20 * math.log10(peak) - 10 * math.log10(mse) if peak > 0 else -math.inf),
         finite=finite,
@@ -95,6 +98,15 @@ def tensor_metrics(reference: torch.Tensor, candidate: torch.Tensor, atol: float
         atol=atol,
         rtol=rtol,
     )
+
+
+def _ratio(err: float, scale: float) -> float:
+    """``err / scale``; against an all-zero reference: 0 for no error, else inf (NaN stays NaN)."""
+    if scale > 0:
+        return err / scale
+    if math.isnan(err):
+        return err
+    return 0.0 if err == 0 else math.inf
 
 
 def _cosine(r: torch.Tensor, c: torch.Tensor, r_norm: float, c_norm: float) -> float:

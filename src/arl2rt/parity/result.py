@@ -46,6 +46,7 @@ class BlockDrift:
     block: int
     max_abs: float
     max_rel: float
+    peak_rel: float
     rel_l2: float
     min_cosine: float
     min_psnr: float
@@ -102,6 +103,7 @@ class ParityResult:
                     block=block,
                     max_abs=max(_nan_high(m.max_abs) for _, m in items),
                     max_rel=max(_nan_high(m.max_rel) for _, m in items),
+                    peak_rel=max(_nan_high(m.peak_rel) for _, m in items),
                     rel_l2=max(_nan_high(m.rel_l2) for _, m in items),
                     min_cosine=min(_nan_low(m.cosine) for _, m in items),
                     min_psnr=min(_nan_low(m.psnr) for _, m in items),
@@ -121,6 +123,7 @@ class ParityResult:
             out[mode] = {
                 "max_abs": json_float(max(p.max_abs for p in curve)),
                 "max_rel": json_float(max(p.max_rel for p in curve)),
+                "peak_rel": json_float(max(p.peak_rel for p in curve)),
                 "rel_l2": json_float(max(p.rel_l2 for p in curve)),
                 "min_cosine": json_float(min(p.min_cosine for p in curve)),
                 "min_psnr": json_float(min(p.min_psnr for p in curve)),

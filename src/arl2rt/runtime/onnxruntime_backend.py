@@ -121,6 +121,11 @@ class OnnxRuntimeBackend(Backend):
                 sessions[graph] = ort.InferenceSession(str(path), options, providers=self.providers)
             except errors as exc:
                 first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                if type(exc).__name__ == "NotImplemented":
+                    raise Arl2rtError(
+                        f"{path}: onnxruntime {ort.__version__} with {self.providers} has no kernel for a node of "
+                        f"this {self.spec.dtype} {graph} graph: {first}"
+                    ) from None
                 raise Arl2rtError(
                     f"{path}: onnxruntime cannot load the {graph} graph (expected a valid ONNX model; a truncated "
                     f"file or missing external data also fails here): {first}"
