@@ -46,15 +46,25 @@ def _load_proto(path: Path) -> onnx.ModelProto:
         raise Arl2rtError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
 
 
-def graph_digest(path: Path, model: onnx.ModelProto) -> str:
-    """sha256 over the ONNX file and every external-data file it names (weights change the engine too)."""
-    h = hashlib.sha256(file_sha256(path).encode())
+def graph_digest(path: Path, model: onnx.ModelProto, known: dict[Path, str] | None = None) -> str:
+    """sha256 over the ONNX file and every external-data file it names (weights change the engine too).
+
+    ``known`` memoises file hashes across graphs (a package's graphs share one weights file).
+    """
+    known = {} if known is None else known
+
+    def digest(file: Path) -> str:
+        if file not in known:
+            known[file] = file_sha256(file)
+        return known[file]
+
+    h = hashlib.sha256(digest(path).encode())
     locations = sorted({ExternalDataInfo(t).location for t in model.graph.initializer if uses_external_data(t)})
     for location in locations:
         data = path.parent / location
         if not data.is_file():
             raise Arl2rtError(f"{path}: external data file {location} not found beside it")
-        h.update(location.encode() + file_sha256(data).encode())
+        h.update(location.encode() + digest(data).encode())
     return h.hexdigest()
 
 
@@ -118,13 +128,14 @@ def engine_key(
     flavour.check_target(package.target, str(package.root))
     ranges = dim_ranges(package.config, max_frames=max_frames, max_batch=max_batch)
     protos = {g: _load_proto(package.graph_path(g)) for g in GRAPHS}
+    known: dict[Path, str] = {}
     key = {
         "flavour": flavour.name,
         "version": flavour.version,
         "device": device_key(flavour, compute_capabilities),
         "target": package.target,
         "precision": package.spec.dtype,
-        "onnx": {g: graph_digest(package.graph_path(g), protos[g]) for g in GRAPHS},
+        "onnx": {g: graph_digest(package.graph_path(g), protos[g], known) for g in GRAPHS},
         "plugin": plugin_digest() if package.target == "tensorrt" else None,
         "profiles": {
             g: {n: [list(s) for s in shapes] for n, shapes in profile_shapes(package.spec, g, ranges).items()}
@@ -178,7 +189,7 @@ def build_engines(
     if package.target == "tensorrt":
         __import__(PLUGIN_MODULE)  # registers the arl2 plugin creators the parser looks up
     timing_path = None
-    if flavour.name == "tensorrt":  # a timing cache makes TensorRT-RTX query a GPU: CPU-only builds go without
+    if flavour.name == "tensorrt":  # TensorRT-RTX has no timing cache (its calls are no-ops)
         timing_path = cache.timing_cache_path(flavour.name, flavour.version, key["device"]["compute_capability"])
     ranges = dim_ranges(package.config, max_frames=max_frames, max_batch=max_batch)
     engines, seconds, networks = {}, {}, {}

@@ -10,7 +10,8 @@ The two share most of the Python API (Builder, OnnxParser, IBuilderConfig, Runti
   compute capability). TensorRT-RTX builds without a GPU for a list of compute capabilities
   (``IBuilderConfig.set_compute_capability``; none set = its default, portable to Ampere and later) and its runtime
   does not run on compute capability 9.x (Hopper) or 10.0.
-* **Timing cache.** Using one makes TensorRT-RTX query the GPU, so a CPU-only RTX build runs without one.
+* **Timing cache.** TensorRT-RTX ignores it (its timing-cache calls are deprecated no-ops since 1.2), so only
+  ``tensorrt`` builds keep one.
 * **Typing.** TensorRT 11 removed weak typing (no FP16 flag); we create every network ``STRONGLY_TYPED`` on both, so
   precision is what the ONNX dtypes say.
 """

@@ -158,8 +158,10 @@ class EngineBytes:
         if plan is None:
             errors = "; ".join(parsed.logger.errors()) or "no message"
             raise Arl2rtError(f"{parsed.source}: {self.config.flavour.name} build failed: {errors}")
-        cache = config.get_timing_cache()
-        timing = bytes(cache.serialize()) if self.config.timing_cache is not None and cache is not None else None
+        timing = None
+        if self.config.timing_cache is not None:
+            cache = config.get_timing_cache()
+            timing = bytes(cache.serialize()) if cache is not None else None
         return BuiltEngine(bytes(plan), timing)
 
 

@@ -1,0 +1,136 @@
+"""`arl2rt build --backend tensorrt-rtx` on a CPU-only machine: TensorRT's ONNX parser and builder, for real.
+
+TensorRT-RTX builds engines without a GPU, so CI proves here that the tiny config's ``portable`` package parses into
+networks whose inputs and outputs are exactly the StateSpec (names, shapes with their dynamic dims, dtypes) and builds
+with the optimization profile; and it exercises the engine cache (hit, miss, corruption -> rebuild) with real engines.
+The engines cannot run here (no GPU) nor on the H200 (TensorRT-RTX does not run on compute capability 9.0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+
+import onnx
+import pytest
+from onnx import helper
+from ort_toy_graphs import write_toy_package
+from typer.testing import CliRunner
+
+from arl2rt.cli.main import app
+from arl2rt.errors import Arl2rtError
+from arl2rt.export.package import export_package
+from arl2rt.export.state_spec import GRAPHS
+from arl2rt.runtime.generate import random_model
+from arl2rt.runtime.trt.build import build_engines
+from arl2rt.runtime.trt.flavour import FLAVOURS, Flavour, device_key, load_flavour, rtx_capabilities
+from arl2rt.runtime.trt.loaders import NetworkFromOnnx, expected_io, network_io
+
+trt_rtx = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed (pip install tensorrt-rtx)")
+
+
+@pytest.fixture(scope="module")
+def tiny_portable(tmp_path_factory):
+    from arl2rt.model.config import PRESETS
+
+    return export_package(random_model(PRESETS["tiny"]), tmp_path_factory.mktemp("pkg") / "tiny", target="portable")
+
+
+@pytest.fixture
+def toy(tmp_path, tiny_cfg):
+    """Small graphs with the exact state contract (tests/runtime/ort_toy_graphs.py): engines build in a second."""
+    return dataclasses.replace(write_toy_package(tmp_path / "toy", tiny_cfg), target="portable")
+
+
+def _build(package, cache, *extra):
+    result = CliRunner().invoke(
+        app, ["build", str(package), "--backend", "tensorrt-rtx", "--cache-dir", str(cache), "--json", *extra]
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout[result.stdout.index("{") :])
+
+
+def test_tiny_portable_package_parses_to_the_state_contract_and_builds(tiny_portable, tmp_path):
+    flavour = load_flavour("tensorrt-rtx")
+    for graph in GRAPHS:
+        parsed = NetworkFromOnnx(flavour, tiny_portable.graph_path(graph))()
+        assert network_io(parsed.network) == expected_io(tiny_portable.spec, graph), graph
+    built = _build(tiny_portable.root, tmp_path / "cache")
+    assert built["status"] == "built" and set(built["engines"]) == set(GRAPHS)
+    assert all(e["bytes"] > 0 for e in built["engines"].values())
+    assert built["key"]["device"] == {"rtx_targets": "default", "build_gpu": None}
+    assert built["key"]["profiles"]["denoise_step"]["past_key.3"] == [[1, 0, 4, 16], [1, 144, 4, 16], [1, 288, 4, 16]]
+    assert _build(tiny_portable.root, tmp_path / "cache")["status"] == "hit"
+
+
+def test_cache_hit_miss_and_corruption_with_real_engines(toy, tmp_path):
+    cache = tmp_path / "cache"
+    first = build_engines(toy, backend="tensorrt-rtx", cache_dir=cache)
+    assert first.status == "built"
+    assert build_engines(toy, backend="tensorrt-rtx", cache_dir=cache).status == "hit"
+    engine = first.entry.engines["commit_step"]
+    data = bytearray(engine.read_bytes())
+    data[len(data) // 3] ^= 0x5A
+    engine.write_bytes(bytes(data))
+    rebuilt = build_engines(toy, backend="tensorrt-rtx", cache_dir=cache)
+    assert rebuilt.status == "rebuilt" and "sha256" in rebuilt.reason
+    assert rebuilt.entry.engines["commit_step"].read_bytes() != bytes(data)
+    assert build_engines(toy, backend="tensorrt-rtx", cache_dir=cache).status == "hit"
+    longer = build_engines(toy, backend="tensorrt-rtx", cache_dir=cache, max_frames=48)  # another profile: a miss
+    assert longer.status == "built" and longer.entry.path != rebuilt.entry.path
+    model = onnx.load(toy.graph_path("denoise_step"))
+    model.doc_string = "changed"
+    onnx.save(model, toy.graph_path("denoise_step"))
+    assert build_engines(toy, backend="tensorrt-rtx", cache_dir=cache).status == "built"  # new ONNX bytes: a miss
+
+
+def test_rtx_refuses_the_plugin_target(toy, tmp_path):
+    with pytest.raises(Arl2rtError, match="TensorRT-RTX has no plugins; export with --target portable"):
+        build_engines(dataclasses.replace(toy, target="tensorrt"), backend="tensorrt-rtx", cache_dir=tmp_path)
+
+
+def test_rtx_never_parses_a_plugin_node(toy, tmp_path):
+    """TensorRT-RTX's parser aborts the process on a plugin node: the build must refuse the graph first."""
+    path = toy.graph_path("commit_step")
+    model = onnx.load(path)
+    state = "past_state.0"
+    model.graph.node.append(
+        helper.make_node(
+            "gdn_state_update", ["latents", "latents", "timestep", "timestep", state], ["gdn_out"], domain="arl2"
+        )
+    )
+    model.opset_import.append(helper.make_opsetid("arl2", 1))
+    onnx.save(model, path)
+    with pytest.raises(
+        Arl2rtError, match=r"expected only standard ONNX ops for tensorrt-rtx, found \['arl2::gdn_state_update'\]"
+    ):
+        build_engines(toy, backend="tensorrt-rtx", cache_dir=tmp_path)
+
+
+def test_rtx_compute_capability_names():
+    flavour = load_flavour("tensorrt-rtx")
+    assert [c.name for c in rtx_capabilities(flavour, ("SM86", "sm_89", "12.0"))] == ["SM86", "SM89", "SM120"]
+    with pytest.raises(Arl2rtError, match="compute capability 'SM90': expected one of"):
+        rtx_capabilities(flavour, ("SM90",))
+
+
+def test_full_tensorrt_needs_a_gpu_to_build():
+    fake = Flavour("tensorrt", types.SimpleNamespace(__version__="10.9.0"), FLAVOURS["tensorrt"][1])
+    import torch
+
+    if torch.cuda.is_available():
+        assert "compute_capability" in device_key(fake)
+    else:
+        with pytest.raises(Arl2rtError, match="needs a CUDA GPU and none was found"):
+            device_key(fake)
+
+
+def test_missing_tensorrt_says_how_to_install():
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure is what this test is about
+        with pytest.raises(Arl2rtError, match=r"import tensorrt failed .*pip install 'tensorrt>=10.9'"):
+            load_flavour("tensorrt")
+    else:
+        pytest.skip("tensorrt imports here")
