@@ -82,8 +82,14 @@ out["prep"] = {
     "limit_error": error(lambda: aot.compile_aot(prep, target=SM90, shared_limit=shared - 1)),
     "opt_in_shared": aot.compile_aot(prep, target=SM90, shared_limit=shared - 1, allow_opt_in=True).shared,
 }
-from triton.backends.nvidia.compiler import get_ptxas
-out["ptxas"] = get_ptxas(90).path
+try:  # the ptxas Triton itself uses for sm_90 (it accepts the PTX version Triton emits)
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    out["ptxas"] = get_ptxas(90).path
+except Exception:
+    from pathlib import Path
+
+    out["ptxas"] = str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas")
 print(json.dumps(out))
 """
 
