@@ -72,7 +72,7 @@ def test_options_reach_the_library_as_given(monkeypatch, small_config):
         (["--target", "tensorrt"], "the tensorrt target's plugin node needs TensorRT"),
         (["--backend", "torch", "--atol", "velocity:x"], "--atol 'velocity:x': expected VALUE or NAME:VALUE"),
         (["--backend", "torch", "--save-polygraphy", "out"], "need ONNX graphs: use --backend onnxruntime"),
-        (["--backend", "tensorrt"], "parity backend 'tensorrt': expected one of"),
+        (["--backend", "tvm"], "parity backend 'tvm': expected one of"),
     ],
     ids=["mode", "trt-target-on-ort", "bad-tolerance", "polygraphy-needs-onnx", "unknown-backend"],
 )

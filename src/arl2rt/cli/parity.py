@@ -32,10 +32,11 @@ def parity(
     checkpoint: Annotated[
         Path | None, typer.Option(help="Load weights from this checkpoint instead (any format arl2rt reads).")
     ] = None,
-    backend: Annotated[str, typer.Option(help="Candidate backend: onnxruntime or torch.")] = "onnxruntime",
-    target: Annotated[str, typer.Option(help="Export target when no --package: onnxruntime or portable.")] = (
-        "onnxruntime"
-    ),
+    backend: Annotated[str, typer.Option(help="Candidate backend: onnxruntime, tensorrt or torch.")] = "onnxruntime",
+    target: Annotated[
+        str | None,
+        typer.Option(help="Export target when no --package: onnxruntime or portable (default: the backend's own)."),
+    ] = None,
     dtype: Annotated[
         str | None, typer.Option(help="Candidate precision: float32 (default), float16, bfloat16; or the package's.")
     ] = None,
@@ -50,7 +51,10 @@ def parity(
         typer.Option(help="Absolute tolerance: VALUE (default) or NAME:VALUE (a tensor or kind); repeatable."),
     ] = None,
     rtol: Annotated[list[str] | None, typer.Option(help="Relative tolerance, as --atol.")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto (onnxruntime: CUDA EP when installed).")] = "cpu",
+    device: Annotated[
+        str | None,
+        typer.Option(help="cpu, cuda or auto (onnxruntime: its CUDA EP); default cuda for tensorrt, else cpu"),
+    ] = None,
     save_polygraphy: Annotated[
         Path | None, typer.Option(help="Write one block's feeds and golden outputs for `polygraphy run` here.")
     ] = None,
@@ -64,7 +68,7 @@ def parity(
     modes = MODES if mode == "both" else (mode,)
     if set(modes) - set(MODES):
         raise Arl2rtError(f"--mode {mode!r}: expected drift, step or both")
-    if backend == "onnxruntime" and package is None and target not in TARGETS_ON_ONNXRUNTIME:
+    if backend == "onnxruntime" and package is None and target is not None and target not in TARGETS_ON_ONNXRUNTIME:
         raise Arl2rtError(
             f"--target {target!r}: onnxruntime runs the targets {list(TARGETS_ON_ONNXRUNTIME)}; the tensorrt target's "
             "plugin node needs TensorRT"

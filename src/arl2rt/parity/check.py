@@ -1,8 +1,8 @@
 """Library side of ``arl2rt parity``: build the float64 reference and the candidate, stream, compare, hand off.
 
-The candidate is the torch backend at a precision, or an onnxruntime backend on a model package: one given with
-``package``, or one exported from the same model for ``target``/``dtype`` (into a temporary directory, or into
-``save_polygraphy/package`` when the polygraphy hand-off needs the graphs to stay).
+The candidate is the torch backend at a precision, or a package backend (onnxruntime; tensorrt where TensorRT is
+installed) on a model package: one given with ``package``, or one exported from the same model for ``target``/``dtype``
+(into a temporary directory, or into ``save_polygraphy/package`` when the polygraphy hand-off needs the graphs to stay).
 """
 
 from __future__ import annotations
@@ -17,15 +17,13 @@ from pathlib import Path
 import torch
 
 from arl2rt.errors import Arl2rtError
-from arl2rt.export.state_spec import StateSpec
 from arl2rt.model.dit import CausalDiT
 from arl2rt.parity.compare import Tolerances
 from arl2rt.parity.result import MODES, ParityResult
 from arl2rt.parity.runner import run_parity
-from arl2rt.runtime.backend import Backend
-from arl2rt.runtime.torch_backend import TorchBackend
+from arl2rt.runtime.backends import backend_class, make_backend
 
-CANDIDATE_BACKENDS = ("onnxruntime", "torch")
+CANDIDATE_BACKENDS = ("onnxruntime", "tensorrt", "torch")
 
 
 @dataclass
@@ -41,9 +39,16 @@ class ParityReport:
         return out
 
 
-def _torch_backend(model: CausalDiT, dtype: str, device: str) -> TorchBackend:
-    # each backend converts its own copy: TorchBackend casts the module in place
-    return TorchBackend(lambda: copy.deepcopy(model), StateSpec(model.cfg, dtype), device)
+def _resolve_device(backend: str, device: str | None) -> str:
+    if device is None:
+        return "cuda" if backend == "tensorrt" else "cpu"
+    if device != "auto":
+        return device
+    if backend == "onnxruntime":
+        from arl2rt.runtime.onnxruntime_backend import resolve_device
+
+        return str(resolve_device("auto"))
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _package(model: CausalDiT, package: Path | None, target: str, dtype: str | None, export_dir: Path):
@@ -68,7 +73,7 @@ def check_parity(
     context: torch.Tensor,
     *,
     backend: str = "onnxruntime",
-    target: str = "onnxruntime",
+    target: str | None = None,
     dtype: str | None = None,
     package: Path | None = None,
     blocks: int = 16,
@@ -76,7 +81,7 @@ def check_parity(
     modes: Iterable[str] = MODES,
     atol: dict[str, float] | None = None,
     rtol: dict[str, float] | None = None,
-    device: str = "cpu",
+    device: str | None = None,
     save_polygraphy: Path | None = None,
     polygraphy_block: int | None = None,
     progress: Callable[[], None] | None = None,
@@ -85,29 +90,33 @@ def check_parity(
 
     ``dtype`` is the candidate's precision: default float32, or a given package's own (naming another is an
     error). ``atol``/``rtol`` override the defaults of that precision per tensor name or kind (key ``""``: default).
+    ``target`` defaults to the backend's own (``tensorrt`` for tensorrt, else ``onnxruntime``); ``device`` to
+    ``cuda`` for tensorrt, else ``cpu``; the reference runs on the same device.
     """
     if backend not in CANDIDATE_BACKENDS:
         raise Arl2rtError(f"parity backend {backend!r}: expected one of {list(CANDIDATE_BACKENDS)}")
     if backend == "torch" and (package is not None or save_polygraphy is not None):
-        raise Arl2rtError("--package and --save-polygraphy need ONNX graphs: use --backend onnxruntime")
+        raise Arl2rtError("--package and --save-polygraphy need ONNX graphs: use --backend onnxruntime or tensorrt")
+    target = target or ("tensorrt" if backend == "tensorrt" else "onnxruntime")
+    device = _resolve_device(backend, device)
+    backend_class(backend)  # a missing backend fails now, not after an export
     capture = None
     if save_polygraphy is not None:
         capture = blocks - 1 if polygraphy_block is None else polygraphy_block
     with ExitStack() as stack:
         package_path = None
         if backend == "torch":
-            candidate: Backend = _torch_backend(model, dtype or "float32", device)
+            # each torch backend gets its own copy: TorchBackend casts the module it is given in place
+            candidate = make_backend("torch", model=copy.deepcopy(model), dtype=dtype or "float32", device=device)
         else:
-            from arl2rt.runtime.onnxruntime_backend import OnnxRuntimeBackend
-
             if save_polygraphy is not None and package is None:
                 export_dir = save_polygraphy / "package"
             else:
                 export_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="arl2rt-parity-"))) / "pkg"
             pkg = _package(model, package, target, dtype, export_dir)
             package_path = pkg.root
-            candidate = OnnxRuntimeBackend(pkg, device)
-        reference = _torch_backend(model, "float64", device)
+            candidate = make_backend(backend, package=pkg, device=device)
+        reference = make_backend("torch", model=copy.deepcopy(model), dtype="float64", device=device)
         stack.enter_context(reference)
         stack.enter_context(candidate)
         tolerances = Tolerances.for_dtype(candidate.spec.dtype, atol, rtol)
