@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -77,7 +78,7 @@ def rel_rms(x: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     return ((x - ref).norm() / ref.norm()).item(), (x - ref).abs().max().item()
 
 
-def median_ms(fn, reps: int = 20) -> float:
+def median_ms(fn, reps: int = 10) -> float:
     fn()
     torch.cuda.synchronize()
     times = []
@@ -128,6 +129,7 @@ def check_dtype(name: str, rows: list[dict], workdir: Path, dry: bool) -> None:
 
         target = GPUTarget("cuda", 90, 32)
     kernels = [compile_aot(s, target=target, allow_opt_in=True) for s in stages]
+    artefacts = []
     for kern in kernels:
         grid, ints = stage_launch(kern.stage, B, T)
         rows.append(
@@ -144,75 +146,98 @@ def check_dtype(name: str, rows: list[dict], workdir: Path, dry: bool) -> None:
                 "ptx": f"{kern.header['version']} {kern.header['target']}",
             }
         )
+        artefacts.append(rows[-1])
     if dry:
         return
     x = inputs(dtype, seed=11 if name == "bf16" else 12, device="cuda")
     ref = chunk_gated_delta_rule_state(x["k"].double(), x["v"].double(), x["g"].double(), x["beta"].double(), x["s0"])
     stream = torch.cuda.Stream()
     shapes = stage_tensor_shapes(B, T, H, K, V, stages[0].segments)
+    chain = "→".join(s.plugin for s in stages)
 
-    def fresh_tensors(stages_) -> dict[str, torch.Tensor]:
+    def fresh_tensors() -> dict[str, torch.Tensor]:
         t = dict(x)
-        for s in stages_:
+        for s in stages:
             for a in s.outputs:
                 t[s.tensors[a]] = poisoned(shapes[s.tensors[a]], stage_dtype(s, a))
         return t
 
-    # AOT: the PTX through the driver
-    drivers = [DriverKernel(k, workdir) for k in kernels]
-    tensors = fresh_tensors(stages)
-    for drv, row in zip(drivers, rows[-len(kernels) :]):
-        if drv.kernel.shared > AOT_SHARED_LIMIT:
-            try:
-                drv.launch(tensors, stream)
-                stream.synchronize()
-                row["plain_launch"] = "ran"
-            except Exception as exc:  # noqa: BLE001 - the failure is the finding
-                row["plain_launch"] = f"fails: {type(exc).__name__}: {exc}".splitlines()[0][:80]
-            drv.opt_in()
-        drv.launch(tensors, stream)
+    def guarded(path: str, check) -> None:
+        """One path; its failure (a CUDA error poisons the process, so the driver path runs last) becomes a row."""
+        try:
+            err, max_abs, ms = check()
+        except Exception as exc:  # noqa: BLE001 - the failure is the finding
+            rows.append(_result(name, f"{path}: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}", *_NAN))
+            return
+        rows.append(_result(name, path, err, max_abs, ms))
+
+    # JIT impl of the stages: the launches the AOT path embeds, through Triton's launcher, raw pointers, own stream
+    def jit_stages():
+        tensors = fresh_tensors()
+        ptrs = {n: t.data_ptr() for n, t in tensors.items()}
+        for s in stages:
+            run_stage_jit(s, ptrs, B, T, stream.cuda_stream)
         stream.synchronize()
-    err, max_abs = rel_rms(tensors["out"], ref)
+        return (*rel_rms(tensors["out"], ref), None)
 
-    def aot_pair() -> None:
-        for drv in drivers:
-            drv.launch(tensors, stream)
-
-    with torch.cuda.stream(stream):
-        ms = median_ms(aot_pair)
-    chain = "→".join(s.plugin for s in stages)
-    rows.append(_result(name, f"AOT {chain} (driver launch)", err, max_abs, ms))
+    guarded(f"JIT {chain} (stage impls)", jit_stages)
 
     # JIT impl of arl2::gdn_state_update, each tactic, raw pointers on an external stream
     for tactic in JIT_TACTICS:
-        out = poisoned((B, H, K, V), torch.float32)
-        ptrs = {
-            "key": x["k"].data_ptr(),
-            "value": x["v"].data_ptr(),
-            "decay": x["g"].data_ptr(),
-            "beta": x["beta"].data_ptr(),
-            "past_state": x["s0"].data_ptr(),
-            "present_state": out.data_ptr(),
-        }
 
-        def jit(ptrs=ptrs, tactic=tactic) -> None:
-            enqueue_state_update(ptrs, B, T, H, K, V, dtype, stream.cuda_stream, tactic)
+        def jit(tactic=tactic):
+            out = poisoned((B, H, K, V), torch.float32)
+            ptrs = {
+                "key": x["k"].data_ptr(),
+                "value": x["v"].data_ptr(),
+                "decay": x["g"].data_ptr(),
+                "beta": x["beta"].data_ptr(),
+                "past_state": x["s0"].data_ptr(),
+                "present_state": out.data_ptr(),
+            }
 
-        jit()
-        stream.synchronize()
-        err, max_abs = rel_rms(out, ref)
+            def once() -> None:
+                enqueue_state_update(ptrs, B, T, H, K, V, dtype, stream.cuda_stream, tactic)
+
+            once()
+            stream.synchronize()
+            err = rel_rms(out, ref)
+            with torch.cuda.stream(stream):
+                return (*err, median_ms(once))
+
+        guarded(f"JIT gdn_state_update tactic {tactic}", jit)
+
+    # AOT: the PTX through the driver, stage by stage (synchronised, so a fault names its stage)
+    def aot():
+        drivers = [DriverKernel(k, workdir) for k in kernels]
+        tensors = fresh_tensors()
+        for drv, row in zip(drivers, artefacts):
+            if drv.kernel.shared > AOT_SHARED_LIMIT:
+                try:
+                    drv.launch(tensors, stream)
+                    stream.synchronize()
+                    row["plain_launch"] = "ran"
+                except Exception as exc:  # noqa: BLE001 - the failure is the finding
+                    row["plain_launch"] = f"fails: {type(exc).__name__}: {exc}".splitlines()[0][:80]
+                drv.opt_in()
+            try:
+                drv.launch(tensors, stream)
+                stream.synchronize()
+            except Exception as exc:
+                raise RuntimeError(f"stage {drv.kernel.stage.plugin}: {exc}") from exc
+        err = rel_rms(tensors["out"], ref)
+
+        def all_stages() -> None:
+            for drv in drivers:
+                drv.launch(tensors, stream)
+
         with torch.cuda.stream(stream):
-            ms = median_ms(jit)
-        rows.append(_result(name, f"JIT gdn_state_update tactic {tactic}", err, max_abs, ms))
+            return (*err, median_ms(all_stages))
 
-    # JIT impl of the stages (the launch the AOT path embeds, through Triton's launcher)
-    tensors = fresh_tensors(stages)
-    ptrs = {n: t.data_ptr() for n, t in tensors.items()}
-    for s in stages:
-        run_stage_jit(s, ptrs, B, T, stream.cuda_stream)
-    stream.synchronize()
-    err, max_abs = rel_rms(tensors["out"], ref)
-    rows.append(_result(name, f"JIT {chain} (stage impls)", err, max_abs, None))
+    guarded(f"AOT {chain} (driver launch)", aot)
+
+
+_NAN = (float("nan"), float("nan"), None)
 
 
 def _result(dtype: str, path: str, err: float, max_abs: float, ms: float | None) -> dict:
@@ -281,10 +306,23 @@ def markdown(env: dict, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def run_isolated(name: str, tmp: Path) -> list[dict]:
+    """Check one dtype in a fresh process: a CUDA fault poisons its process, not the other dtype's checks."""
+    out = tmp / f"{name}.json"
+    cmd = [sys.executable, __file__, "--only", name, "--rows", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if not out.is_file():
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        return [_result(name, f"process failed: {tail[0][:200]}", *_NAN)]
+    return json.loads(out.read_text())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="directory for trt_plugin_aot.md and .json")
     parser.add_argument("--dry", action="store_true", help="compile for sm_90 and check PTX only (no GPU)")
+    parser.add_argument("--only", choices=list(DTYPES), help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.dry and not torch.cuda.is_available():
         print("no CUDA GPU: use --dry", file=sys.stderr)
@@ -292,11 +330,17 @@ def main() -> int:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in DTYPES:
+        for name in [args.only] if args.only else list(DTYPES):
+            if not args.dry and not args.only:
+                rows += run_isolated(name, Path(tmp))
+                continue
             try:
                 check_dtype(name, rows, Path(tmp), args.dry)
             except Arl2rtError as exc:
-                rows.append(_result(name, f"error: {exc}", float("nan"), float("nan"), None))
+                rows.append(_result(name, f"error: {exc}", *_NAN))
+    if args.rows is not None:
+        args.rows.write_text(json.dumps(rows))
+        return 0
     env = environment(args.dry)
     text = markdown(env, rows)
     print(text)
