@@ -292,7 +292,7 @@ def test_make_backend_names_what_is_missing(monkeypatch):
         backends.make_backend("tensorrt", package=object())
 
 
-def test_a_package_runs_on_onnxruntime_and_its_manifest_is_its_identity(tmp_path, tiny_cfg, monkeypatch):
+def test_a_package_runs_and_resumes_on_onnxruntime_and_its_manifest_is_its_identity(tmp_path, tiny_cfg, monkeypatch):
     """Wiring of --model, with the toy package of the onnxruntime backend tests standing in for an export."""
     from ort_toy_graphs import ToyTorchBackend, write_toy_package
 
@@ -314,6 +314,9 @@ def test_a_package_runs_on_onnxruntime_and_its_manifest_is_its_identity(tmp_path
         run_generate(dataclasses.replace(opts, dtype="float16", output=tmp_path / "b.npz"))
     with pytest.raises(Arl2rtError, match="backend torch: expected a PyTorch model .* found an exported package"):
         run_generate(dataclasses.replace(opts, backend="torch", output=tmp_path / "b.npz"))
+    run_generate(GenerateOptions(resume=tmp_path / "s", blocks=5))  # bit-identical on onnxruntime's CPU EP too
+    run_generate(dataclasses.replace(opts, blocks=5, output=tmp_path / "one_go.npz"))
+    assert np.array_equal(read_latents(tmp_path / "a.npz"), read_latents(tmp_path / "one_go.npz"))
     manifest.write_text('{"toy": 2}')  # another package at the same path
     with pytest.raises(Arl2rtError, match="made with model .* resume with the same model"):
         run_generate(GenerateOptions(resume=tmp_path / "s", blocks=4))

@@ -354,6 +354,10 @@ def plan_generate(opts: GenerateOptions) -> Plan:
         raise Arl2rtError(
             f"--dtype {dtype}: package {loaded.source['path']} was exported at {loaded.package.spec.dtype}"
         )
+    if snapshot:
+        sessions.check_compatible(
+            snapshot, identity=loaded.identity, source=loaded.description, config=cfg.to_dict(), dtype=dtype
+        )
     device = opts.device or meta.get("device") or ("cuda" if backend == "tensorrt" else "cpu")
     seed = meta["seed"] if snapshot else (0 if opts.seed is None else opts.seed)
 
@@ -383,9 +387,6 @@ def plan_generate(opts: GenerateOptions) -> Plan:
             raise Arl2rtError(f"output {output}: video formats take one stream; --context has batch {context.shape[0]}")
         batch = context.shape[0]
     else:
-        sessions.check_compatible(
-            snapshot, identity=loaded.identity, source=loaded.description, config=cfg.to_dict(), dtype=dtype
-        )
         text, batch = meta.get("text", ""), meta["batch"]
         if meta.get("backend") != backend:
             notes.append(f"resumed on {backend}, the session ran on {meta.get('backend')}: not bit-identical")
@@ -426,7 +427,9 @@ def run_generate(opts: GenerateOptions, progress: Callable[[Progress], None] | N
     peak_state, saved, interrupted = 0, start if plan.snapshot else None, False
     t0 = time.perf_counter()
     with backend:
-        streamer = Streamer(backend, seed=plan.seed, batch=plan.batch, max_frames=plan.target_blocks * fpb)
+        # a global K/V cache starts at most this long and grows geometrically (a huge --blocks must not preallocate)
+        capacity = min(plan.target_blocks * fpb, 256)
+        streamer = Streamer(backend, seed=plan.seed, batch=plan.batch, max_frames=capacity)
         if plan.snapshot is None:
             streamer.start(plan.context)
         else:
