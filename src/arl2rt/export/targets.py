@@ -1,13 +1,14 @@
 """Targets: which passes turn the one export (opset 18, ``arl2::gdn_state_update`` nodes) into a target's graph.
 
-| target        | the GDN write becomes                              | opset (default, allowed) |
-|---------------|----------------------------------------------------|--------------------------|
-| `onnxruntime` | standard ``LinearAttention`` (update_rule gated_delta) | 27, 27..28 |
-| `tensorrt`    | our plugin's node (``arl2::gdn_state_update`` + plugin attributes) | 18, 18..21 |
-| `portable`    | standard ops only (chunked, no loop)               | 18, 18..21 |
+| target        | the GDN write becomes                                          | opset: default, allowed |
+|---------------|----------------------------------------------------------------|-------------------------|
+| `onnxruntime` | standard ``LinearAttention`` (``update_rule="gated_delta"``)   | 27, 27..28              |
+| `tensorrt`    | our plugin's node (``arl2::gdn_state_update`` + its attributes) | 18, 18..21              |
+| `portable`    | standard ops only (chunked, no loop)                           | 18, 18..21              |
 
-Every pipeline starts by conforming graph I/O to the StateSpec and ends with cleanup and a check of the ops the
-target's runtime parses. :func:`apply_target` returns how often each pass fired; the manifest records it.
+Every pipeline starts by conforming graph I/O to the StateSpec and ends with type legalisation (16-bit types an op
+does not take at the opset), cleanup and a check of the ops the target's runtime parses. :func:`apply_target`
+returns how often each pass fired; the manifest records it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from arl2rt.export.passes.check_ops import CheckOpsPass
 from arl2rt.export.passes.gdn_decompose import GdnDecomposePass
 from arl2rt.export.passes.gdn_to_linear_attention import LINEAR_ATTENTION_OPSET, GdnToLinearAttentionPass
 from arl2rt.export.passes.gdn_to_plugin import GdnToPluginPass
+from arl2rt.export.passes.legalize_types import LegalizeTypesPass
 from arl2rt.export.passes.raise_opset import RaiseOpsetPass
 from arl2rt.export.passes.state_io import StateIOPass
 from arl2rt.export.state_spec import StateSpec
@@ -58,6 +60,7 @@ class Target:
             StateIOPass(spec, graph),
             RaiseOpsetPass(opset),
             *self.rewrite(),
+            LegalizeTypesPass(),
             RemoveUnusedNodesPass(),
             RemoveUnusedOpsetsPass(),
             self.check(opset),

@@ -30,12 +30,16 @@ class _Builder:
 
     def __init__(self, dtype: ir.DataType) -> None:
         self.tape, self.dtype = ir.tape.Tape(), dtype
+        self._constants: dict[tuple, ir.Value] = {}
 
     def op(self, op_type: str, *inputs: ir.Value, **attrs) -> ir.Value:
         return self.tape.op(op_type, list(inputs), attrs or None)
 
     def const(self, array: np.ndarray) -> ir.Value:
-        return self.op("Constant", value=ir.tensor(array))
+        key = (array.dtype.str, array.shape, array.tobytes())
+        if key not in self._constants:
+            self._constants[key] = self.op("Constant", value=ir.tensor(array))
+        return self._constants[key]
 
     def ints(self, *values: int) -> ir.Value:
         return self.const(np.array(values, dtype=np.int64))

@@ -1,0 +1,112 @@
+"""Helpers of the export tests: a micro config, a one-node GDN graph, realistic GDN inputs, the float64 oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import torch
+
+from arl2rt.model.config import ModelConfig
+from arl2rt.model.gated_delta import recurrent_gated_delta_rule
+from arl2rt.plugins.gdn.plugin_spec import GDN_PLUGIN, register_onnx_schema
+
+# The smallest model with both layer kinds: exporting it takes a fraction of what `tiny` takes on 2 cores.
+MICRO = ModelConfig(
+    name="micro",
+    dim=32,
+    ffn_dim=64,
+    num_layers=2,
+    num_heads=2,
+    in_channels=4,
+    out_channels=4,
+    latent_height=4,
+    latent_width=6,
+    text_dim=16,
+    text_len=5,
+    hybrid_layers=(0,),
+    frames_per_block=2,
+    lora_rank=4,
+    lora_alpha=8.0,
+)
+GDN_INPUTS = ("k", "v", "g", "beta", "state")
+
+
+def gdn_graph(t: int, h: int, dk: int, dv: int, act: ir.DataType = ir.DataType.FLOAT) -> ir.Model:
+    """One ``arl2::gdn_state_update`` node with batch-symbolic inputs, as the exporter emits it."""
+    f32 = ir.DataType.FLOAT
+    batch = ir.SymbolicDim("batch")
+    k = ir.val("k", act, ir.Shape([batch, t, h, dk]))
+    v = ir.val("v", act, ir.Shape([batch, t, h, dv]))
+    g = ir.val("g", f32, ir.Shape([batch, t, h]))
+    beta = ir.val("beta", f32, ir.Shape([batch, t, h]))
+    state = ir.val("state", f32, ir.Shape([batch, h, dk, dv]))
+    node = ir.Node(GDN_PLUGIN.namespace, GDN_PLUGIN.name, [k, v, g, beta, state], num_outputs=1)
+    out = node.outputs[0]
+    out.name, out.dtype, out.shape = "new_state", f32, ir.Shape([batch, h, dk, dv])
+    graph = ir.Graph(
+        [k, v, g, beta, state], [out], nodes=[node], opset_imports={"": 18, GDN_PLUGIN.namespace: 1}, name="gdn"
+    )
+    return ir.Model(graph, ir_version=10)
+
+
+def gdn_inputs(b: int, t: int, h: int, dk: int, dv: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs as the model makes them: L2-normalised keys that are correlated across tokens (as neighbouring video
+    tokens are), g = -a softplus(.) <= 0, beta in (0, 2), a random (never zero) incoming state."""
+    gen = torch.Generator().manual_seed(seed)
+    shared = torch.randn(b, 1, h, dk, generator=gen)
+    k = torch.nn.functional.normalize(shared + 0.7 * torch.randn(b, t, h, dk, generator=gen), dim=-1)
+    v = torch.randn(b, t, h, dv, generator=gen)
+    a = torch.rand(h, generator=gen) + 0.5
+    g = -a * torch.nn.functional.softplus(torch.randn(b, t, h, generator=gen) - 3)
+    beta = 2 * torch.sigmoid(torch.randn(b, t, h, generator=gen))
+    state = torch.randn(b, h, dk, dv, generator=gen)
+    return {n: x.numpy() for n, x in zip(GDN_INPUTS, (k, v, g, beta, state))}
+
+
+def gdn_reference(inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The float64 token recurrence: the oracle every GDN graph is checked against."""
+    k, v, g, beta, state = (torch.from_numpy(inputs[n].astype(np.float64)) for n in GDN_INPUTS)
+    return recurrent_gated_delta_rule(None, k, v, g, beta, initial_state=state)[1].numpy()
+
+
+def rel_err(got: np.ndarray, want: np.ndarray) -> float:
+    """Max abs error relative to the largest magnitude of the reference."""
+    return float(np.abs(got.astype(np.float64) - want).max() / np.abs(want).max())
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    register_onnx_schema()
+    return ir.serde.serialize_model(model)
+
+
+def run_ort(model: ir.Model | onnx.ModelProto | str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    if isinstance(model, ir.Model):
+        model = to_proto(model)
+    source = model if isinstance(model, str) else model.SerializeToString()
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def op_types(model: ir.Model) -> list[str]:
+    return [f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in model.graph]
+
+
+class GdnStateUpdateRef:
+    """``arl2::gdn_state_update`` for onnx's ReferenceEvaluator: evaluates a ``tensorrt`` graph without TensorRT."""
+
+    @staticmethod
+    def op_run():
+        from onnx.reference.op_run import OpRun
+
+        from arl2rt.model.gated_delta import chunk_gated_delta_rule_state
+
+        class gdn_state_update(OpRun):  # noqa: N801 - OpRun looks ops up by class name
+            op_domain = GDN_PLUGIN.namespace
+
+            def _run(self, k, v, g, beta, state, chunk_size=64, plugin_namespace=None, plugin_version=None):
+                args = (torch.from_numpy(np.asarray(x, dtype=np.float32)) for x in (k, v, g, beta, state))
+                return (chunk_gated_delta_rule_state(*args, chunk_size=chunk_size).numpy(),)
+
+        return gdn_state_update

@@ -1,0 +1,87 @@
+"""The three targets from one export: onnxruntime runs two of them like the torch step modules; the tensorrt graph
+passes the checker, carries exact plugin nodes and computes the same with a reference for the plugin."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from export_helpers import MICRO, GdnStateUpdateRef, op_types, rel_err, run_ort, to_proto
+from onnx.reference import ReferenceEvaluator
+
+from arl2rt.errors import Arl2rtError
+from arl2rt.export.state_spec import GRAPHS, StateSpec
+from arl2rt.export.steps import step_modules
+from arl2rt.export.targets import TENSORRT_FORBIDDEN, apply_target, get_target
+from arl2rt.plugins.gdn.plugin_spec import GDN_PLUGIN
+
+PAST_LENS = (0, 2 * MICRO.tokens_per_block)  # the first block has no past; later ones do
+REWRITE = {"onnxruntime": "GdnToLinearAttentionPass", "portable": "GdnDecomposePass", "tensorrt": "GdnToPluginPass"}
+
+
+def _feeds(spec: StateSpec, graph: str, past_len: int, seed: int) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    offset = past_len // MICRO.tokens_per_frame
+    return {
+        s.name: torch.tensor(offset)
+        if s.dtype == "int64"
+        else torch.randn(s.resolve(batch=2, past_len=past_len), generator=gen)
+        for s in spec.inputs(graph)
+    }
+
+
+def _torch_outputs(micro_model, spec, graph, feeds) -> list[np.ndarray]:
+    with torch.inference_mode():
+        out = step_modules(micro_model, spec)[graph](*feeds.values())
+    return [t.numpy().astype(np.float64) for t in (out if isinstance(out, tuple) else (out,))]
+
+
+@pytest.mark.parametrize("target", ["onnxruntime", "portable"])
+def test_onnxruntime_runs_the_target_like_the_torch_step(micro_model, micro_graphs, target):
+    spec = StateSpec(MICRO)
+    for graph in GRAPHS:
+        model = micro_graphs[graph]
+        counts = apply_target(model, spec, graph, target)
+        assert counts[REWRITE[target]] == (len(MICRO.hybrid_layers) if graph == "commit_step" else 0)
+        assert all("::" not in op for op in op_types(model))
+        proto = to_proto(model)
+        onnx.checker.check_model(proto, full_check=True)
+        for past_len in PAST_LENS:
+            feeds = _feeds(spec, graph, past_len, seed=past_len + 1)
+            got = run_ort(proto, {k: v.numpy() for k, v in feeds.items()})
+            want = _torch_outputs(micro_model, spec, graph, feeds)
+            assert len(got) == len(want)
+            for name, g, w in zip([s.name for s in spec.outputs(graph)], got, want):
+                assert g.shape == w.shape, name
+                assert rel_err(g, w) < 1e-5, (graph, past_len, name)
+
+
+def test_tensorrt_graph_has_exact_plugin_nodes_and_computes_the_same(micro_model, micro_graphs):
+    spec = StateSpec(MICRO)
+    model = micro_graphs["commit_step"]
+    counts = apply_target(model, spec, "commit_step", "tensorrt")
+    assert counts["GdnToPluginPass"] == len(MICRO.hybrid_layers)
+    proto = to_proto(model)
+    onnx.checker.check_model(proto, full_check=True)
+    assert {o.domain: o.version for o in proto.opset_import} == {"": 18, "arl2": 1}
+    plugin_nodes = [n for n in proto.graph.node if n.domain]
+    assert len(plugin_nodes) == len(MICRO.hybrid_layers)
+    assert all(GDN_PLUGIN.node_problems(n) == [] for n in plugin_nodes)
+    assert not set(TENSORRT_FORBIDDEN) & {n.op_type for n in proto.graph.node}
+    feeds = _feeds(spec, "commit_step", PAST_LENS[1], seed=9)
+    got = ReferenceEvaluator(proto, new_ops=[GdnStateUpdateRef.op_run()]).run(
+        None, {k: v.numpy() for k, v in feeds.items()}
+    )
+    for g, w in zip(got, _torch_outputs(micro_model, spec, "commit_step", feeds)):
+        assert rel_err(g, w) < 1e-5
+
+
+def test_opsets_outside_a_targets_range_are_refused():
+    assert get_target("onnxruntime").resolve_opset(None) == 27
+    with pytest.raises(Arl2rtError, match=r"target onnxruntime: opset 18 not supported; expected 27..28"):
+        get_target("onnxruntime").resolve_opset(18)
+    with pytest.raises(Arl2rtError, match=r"target tensorrt: opset 23 not supported; expected 18..21"):
+        get_target("tensorrt").resolve_opset(23)
+    with pytest.raises(Arl2rtError, match="unknown target 'tvm'"):
+        get_target("tvm")
