@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -36,10 +37,12 @@ import triton
 
 from arl2rt.errors import Arl2rtError
 from arl2rt.model.gated_delta import chunk_gated_delta_rule_state
+from arl2rt.plugins.gdn import aot, chunk
 from arl2rt.plugins.gdn.aot import (
     AOT_SHARED_LIMIT,
     JIT_TACTICS,
     compile_aot,
+    compile_stage,
     enqueue_state_update,
     gdn_stages,
     run_stage_jit,
@@ -128,7 +131,13 @@ def check_dtype(name: str, rows: list[dict], workdir: Path, dry: bool) -> None:
         from triton.backends.compiler import GPUTarget
 
         target = GPUTarget("cuda", 90, 32)
-    kernels = [compile_aot(s, target=target, allow_opt_in=True) for s in stages]
+    kernels = []
+    for s in stages:
+        try:  # exactly what aot_impl does: shrink the tile until the plain-launch limit is met
+            kernels.append(compile_stage(s, target=target))
+        except Arl2rtError:  # no tile fits: keep the opt-in kernel, to record what it takes
+            kernels.append(compile_aot(s, target=target, allow_opt_in=True))
+    stages = tuple(k.stage for k in kernels)
     artefacts = []
     for kern in kernels:
         grid, ints = stage_launch(kern.stage, B, T)
@@ -258,6 +267,9 @@ def environment(dry: bool) -> dict:
         "torch": torch.__version__,
         "triton": triton.__version__,
         "device": "none (--dry: PTX compiled for sm_90)" if dry else torch.cuda.get_device_name(),
+        "kernel sources sha256[:12]": {
+            f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:12] for f in (Path(chunk.__file__), Path(aot.__file__))
+        },
     }
     if not dry:
         import cupy

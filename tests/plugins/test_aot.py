@@ -60,7 +60,7 @@ def scale_stage(n_type):
     sig = {"x": "*fp32", "n": n_type, "y": "*fp32", "BLOCK": "constexpr", "FACTOR": "constexpr"}
     # the float constant is baked in: AOT extra arguments are ints only
     launch = KernelLaunch(scale_kernel, (4, 1, 1), 4, 1, ("x", "n", "y"), sig, {"BLOCK": 128, "FACTOR": 2.5})
-    return aot.AotStage("scale", launch, ("x",), ("n",), ("y",), (), {"x": "x", "y": "y"}, 1, None)
+    return aot.AotStage("scale", launch, ("x",), ("n",), ("y",), (), {"x": "x", "y": "y"}, 1, None, None, ())
 
 
 def error(fn):
@@ -81,6 +81,16 @@ out["prep"] = {
     "shared": shared,
     "limit_error": error(lambda: aot.compile_aot(prep, target=SM90, shared_limit=shared - 1)),
     "opt_in_shared": aot.compile_aot(prep, target=SM90, shared_limit=shared - 1, allow_opt_in=True).shared,
+}
+combine = aot.gdn_stages(2, 32, 32, torch.float16, seq_len=128)[-1]
+wide = aot.compile_aot(combine, target=SM90)
+narrow = aot.compile_stage(combine, target=SM90, shared_limit=wide.shared - 1)
+out["combine"] = {
+    "plugin": combine.plugin,
+    "wide": [combine.launch.constexprs["BV"], list(combine.launch.grid), wide.shared],
+    "narrow": [narrow.stage.launch.constexprs["BV"], list(narrow.stage.launch.grid), narrow.shared],
+    "segments": [combine.segments, narrow.stage.segments],
+    "none_fits": error(lambda: aot.compile_stage(combine, target=SM90, shared_limit=1)),
 }
 try:  # the ptxas Triton itself uses for sm_90 (it accepts the PTX version Triton emits)
     from triton.backends.nvidia.compiler import get_ptxas
@@ -140,6 +150,15 @@ def test_shared_memory_above_the_limit_is_refused_without_opt_in(compiled):
     assert 0 < prep["shared"] <= aot.AOT_SHARED_LIMIT
     assert "shared memory" in prep["limit_error"] and str(prep["shared"]) in prep["limit_error"]
     assert prep["opt_in_shared"] == prep["shared"]
+
+
+def test_a_stage_over_the_limit_shrinks_its_tile_not_its_tensors(compiled):
+    c = compiled["combine"]
+    assert c["plugin"] == "gdn_combine" and c["wide"][0] == 32 and c["narrow"][0] == 16
+    assert c["narrow"][2] < c["wide"][2]  # fits the lowered limit
+    assert c["narrow"][1] == [2, 2, 1] and c["wide"][1] == [1, 2, 1]  # only the grid follows the tile
+    assert c["segments"][0] == c["segments"][1] == 2  # the segment buffer between scan and combine keeps its shape
+    assert "every tile tried" in c["none_fits"]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])

@@ -106,6 +106,8 @@ class AotStage:
     tensors: dict[str, str]
     segments: int
     chunks_per_segment: int | None
+    config: ChunkConfig
+    sizes: tuple  # (heads, head_k, head_v, dtype, seq_len) the stage was planned for
 
     @property
     def kernel_args(self) -> tuple[str, ...]:
@@ -153,7 +155,8 @@ def gdn_stages(
         if launch.name == "_scan_kernel":
             tensors["dst"] = "out" if plan.segments == 1 else "seg"
         cps = plan.chunks_per_segment if plan.segments > 1 else None
-        stage = AotStage(plugin, launch, inputs, ints, outputs, unused, tensors, plan.segments, cps)
+        sizes = (heads, head_k, head_v, dtype, seq_len)
+        stage = AotStage(plugin, launch, inputs, ints, outputs, unused, tensors, plan.segments, cps, config, sizes)
         if tuple(a for a in launch.args if a not in unused) != stage.kernel_args:
             raise Arl2rtError(
                 f"AOT stage {plugin}: expected kernel arguments ordered inputs → ints → outputs "
@@ -317,6 +320,34 @@ def compile_aot(
         found - declared,
         ptx_header(ptx),
     )
+
+
+# the column-tile knob of each stage: shrinking it changes only that stage's grid, never a tensor between stages
+_TILE_KNOBS = {"gdn_scan": "block_v", "gdn_combine": "combine_block_v"}
+
+
+def compile_stage(
+    stage: AotStage, *, target: Any = None, shared_limit: int = AOT_SHARED_LIMIT, allow_opt_in: bool = False
+) -> AotKernel:
+    """:func:`compile_aot`, retrying with half the stage's column tile (down to 16) while it needs more shared memory
+    than ``shared_limit`` (how much a kernel takes depends on the Triton build: the H200 image's Triton 3.6 gave the
+    bf16 combine 88 KB where PyPI's 3.6.0 gives 40 KB). The segment count, and so every tensor shape, stays fixed."""
+    tried = []
+    while True:
+        kernel = compile_aot(stage, target=target, allow_opt_in=True)
+        tried.append((stage.launch.constexprs.get("BV"), kernel.shared))
+        knob, bv = _TILE_KNOBS.get(stage.plugin), stage.launch.constexprs.get("BV", 0)
+        if kernel.shared <= shared_limit or allow_opt_in or knob is None or bv // 2 < 16:
+            break
+        config = dataclasses.replace(stage.config, segments=stage.segments, **{knob: bv // 2})
+        heads, head_k, head_v, dtype, seq_len = stage.sizes
+        stage = {s.plugin: s for s in gdn_stages(heads, head_k, head_v, dtype, seq_len, config)}[stage.plugin]
+    if kernel.shared > shared_limit and not allow_opt_in:
+        raise Arl2rtError(
+            f"AOT stage {stage.plugin}: kernel {kernel.name} needs more than {shared_limit} bytes of shared memory at "
+            f"every tile tried (BV, bytes) {tried}; more needs an opt-in TensorRT's AOT launcher is not known to make"
+        )
+    return kernel
 
 
 # -- JIT impl body -----------------------------------------------------------------------------------------------

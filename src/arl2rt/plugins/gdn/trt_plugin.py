@@ -28,7 +28,7 @@ from arl2rt.errors import Arl2rtError
 from arl2rt.plugins.gdn.aot import (
     JIT_TACTICS,
     combine_stage,
-    compile_aot,
+    compile_stage,
     enqueue_state_update,
     gdn_stages,
     run_stage_jit,
@@ -109,8 +109,8 @@ def _stages(k: trtp.TensorDesc, v_dim):
 
 def _aot_result(plugin: str, k: trtp.TensorDesc, v_dim):
     """(kernel name, PTX, launch parameters, extra ints) for stage ``plugin``, as aot_impl returns them."""
-    stage = _stages(k, v_dim)[plugin]
-    kernel = compile_aot(stage)
+    kernel = compile_stage(_stages(k, v_dim)[plugin])
+    stage = kernel.stage  # possibly with a smaller column tile, to fit the plain-launch shared memory
     grid, ints = stage_launch(stage, k.shape_expr[0], k.shape_expr[1], cdiv=trtp.cdiv)
     params = trtp.KernelLaunchParams()
     params.grid_x, params.grid_y, params.grid_z = grid
@@ -216,9 +216,8 @@ def _combine_aot(
 ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:  # noqa: UP006, UP007
     s = seg.shape_expr
     sizes = [_constant(s[i], f"segment buffer dim {i}") for i in (1, 2, 3, 4)]
-    stage = _combine(sizes, input_dtype)
-    kernel = compile_aot(stage)
-    grid, ints = stage_launch(stage, s[0], 0)
+    kernel = compile_stage(_combine(sizes, input_dtype))
+    grid, ints = stage_launch(kernel.stage, s[0], 0)
     params = trtp.KernelLaunchParams()
     params.grid_x, params.grid_y, params.grid_z = grid
     params.block_x = kernel.block[0]
