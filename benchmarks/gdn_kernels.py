@@ -188,8 +188,8 @@ def sweep_state(chunk, t=4680):
     _, k, v, g, beta, s0 = sets[0]
     ref = naive_ref_state(k, v, g, beta, s0)
     base = chunk.ChunkConfig()
-    cfgs = [replace(base, block_v=bv, segments=seg) for bv in (32, 64) for seg in (3, 4, 6, 8, 11)]
-    cfgs += [replace(base, half_dots=False), replace(base, store_dtype=torch.float32), replace(base, scan_stages=3)]
+    cfgs = [replace(base, segments=seg) for seg in (3, 4, 5, 6, 8)]
+    cfgs += [replace(base, block_v=32, segments=seg) for seg in (3, 4, 6)]
     rows = []
     for cfg in cfgs:
         try:
@@ -241,11 +241,10 @@ def STAGE_CONFIGS(chunk):  # noqa: N802 - a table, built once chunk is imported
     base = chunk.ChunkConfig()
     return [
         base,
-        replace(base, prep_warps=4),
-        replace(base, solve="blocks"),
-        replace(base, scan_warps=8),
+        replace(base, prep_warps=8),
+        replace(base, scan_stages=1),
+        replace(base, combine_warps=4),
         replace(base, block_v=32),
-        replace(base, half_dots=False),
     ]
 
 
@@ -297,14 +296,10 @@ def read_bench(read, naive, ts):
     base = read.ReadConfig()
     cfgs = [base]
     for bt, warps, target, bv, stages in (
-        (64, 8, 132, 128, 3),
-        (64, 8, 132, 128, 4),
-        (32, 4, 132, 128, 4),
-        (32, 4, 264, 128, 4),
-        (64, 4, 132, 64, 3),
         (64, 4, 264, 64, 4),
-        (32, 4, 264, 64, 4),
-        (64, 8, 66, 128, 3),
+        (64, 4, 396, 64, 4),
+        (64, 8, 132, 128, 2),
+        (128, 8, 132, 128, 3),
     ):
         cfgs.append(read.ReadConfig(block_t=bt, num_warps=warps, target_programs=target, block_v=bv, num_stages=stages))
     for t in ts:
@@ -353,10 +348,19 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=".")
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--profile-once", action="store_true", help="one state update and one read, for ncu")
     ap.add_argument("--skip", default="", help="comma list of sections to skip")
     args = ap.parse_args()
     if args.smoke:
         smoke()
+        return
+    if args.profile_once:
+        from arl2rt.plugins.gdn import chunk, read
+
+        q, k, v, g, beta, s0 = make_inputs(1, 4680, 12, D, torch.bfloat16, seed=1, device="cuda")
+        chunk.chunk_gated_delta_rule_state(k, v, g, beta, s0)
+        read.block_read(q, s0)
+        torch.cuda.synchronize()
         return
     global HAVE_FLA, FLA
     try:

@@ -67,13 +67,20 @@ def _prep_kernel(
     gc,
     K: tl.constexpr,
     V: tl.constexpr,
-    BC: tl.constexpr,
     PREC: tl.constexpr,
     SOLVE: tl.constexpr,
+    ROW_SCALED: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
-    """One chunk of one head: cumulative gates G, T = (I + N)⁻¹, W = T diag(β e^G) K, U = T diag(β) V."""
+    """One chunk of one head: cumulative gates G, T = (I + N)⁻¹, W = T diag(β e^G) K, U = T diag(β) V.
+
+    With ``ROW_SCALED`` (state-only mode) row r of W and U is stored times e^{G_n − G_r}, the decay to the chunk end
+    that the scan would otherwise apply on its critical path.
+    """
     C: tl.constexpr = 64
+    # K and V are handled in ≤ 64-column slices so that no operand tile exceeds 64×64 fp32 (16 KB of shared memory)
+    BK: tl.constexpr = min(K, 64)
+    BV: tl.constexpr = min(V, 64)
     i_c = tl.program_id(0)
     i_bh = tl.program_id(1)
     i_b = i_bh // H
@@ -82,17 +89,29 @@ def _prep_kernel(
     t = i_c * C + r
     valid = t < T
     tok = (i_b.to(tl.int64) * T + t) * H + i_h
+    ck = tl.arange(0, BK)
+    cv = tl.arange(0, BV)
+    # every load is issued up front so that one memory latency is exposed, not one per product
     gv = tl.load(g + tok, mask=valid, other=0.0)
     bv = tl.load(beta + tok, mask=valid, other=0.0)
+    kptr = k + tok[:, None] * K + ck[None, :]
+    vptr = v + tok[:, None] * V + cv[None, :]
+    k0 = tl.load(kptr, mask=valid[:, None], other=0.0)
+    v0 = tl.load(vptr, mask=valid[:, None], other=0.0)
+    if K > 64:
+        k1 = tl.load(kptr + BK, mask=valid[:, None], other=0.0)
+    if V > 64:
+        v1 = tl.load(vptr + BV, mask=valid[:, None], other=0.0)
     G = tl.cumsum(gv, axis=0)
-    # K and V are handled in 64-column slices (re-read from cache) so no operand tile exceeds 64×64 fp32
-    dc = tl.arange(0, BC)
-    kk = tl.zeros((C, C), dtype=tl.float32)
-    for c0 in tl.static_range(0, K, BC):
-        kc = tl.load(k + tok[:, None] * K + c0 + dc[None, :], mask=valid[:, None], other=0.0)
-        if UPCAST:
-            kc = kc.to(tl.float32)
-        kk = tl.dot(kc, tl.trans(kc), acc=kk, input_precision=PREC)
+
+    if UPCAST:
+        kk = tl.dot(k0.to(tl.float32), tl.trans(k0.to(tl.float32)), input_precision=PREC)
+        if K > 64:
+            kk = tl.dot(k1.to(tl.float32), tl.trans(k1.to(tl.float32)), acc=kk, input_precision=PREC)
+    else:
+        kk = tl.dot(k0, tl.trans(k0), input_precision=PREC)
+        if K > 64:
+            kk = tl.dot(k1, tl.trans(k1), acc=kk, input_precision=PREC)
     rc = r[:, None]
     cc = r[None, :]
     # exp of a non-positive number only: the masked upper triangle would overflow
@@ -126,16 +145,20 @@ def _prep_kernel(
         F = tl.dot(E2, Dinv, acc=Dinv, input_precision=PREC)
         Tm = F - tl.dot(E, F, input_precision=PREC)
 
-    row0 = i_bh.to(tl.int64) * tl.num_programs(0) * C + i_c * C + r
+    if ROW_SCALED:
+        g_end = tl.sum(tl.where(r == C - 1, G, 0.0), axis=0)
+        Tm = Tm * tl.exp(g_end - G)[:, None]
     kscale = (bv * tl.exp(G))[:, None]
-    for c0 in tl.static_range(0, K, BC):
-        kc = tl.load(k + tok[:, None] * K + c0 + dc[None, :], mask=valid[:, None], other=0.0)
-        W = tl.dot(Tm, kc.to(tl.float32) * kscale, input_precision=PREC)
-        tl.store(w + row0[:, None] * K + c0 + dc[None, :], W.to(w.dtype.element_ty))
-    for c0 in tl.static_range(0, V, BC):
-        vc = tl.load(v + tok[:, None] * V + c0 + dc[None, :], mask=valid[:, None], other=0.0)
-        U = tl.dot(Tm, vc.to(tl.float32) * bv[:, None], input_precision=PREC)
-        tl.store(u + row0[:, None] * V + c0 + dc[None, :], U.to(u.dtype.element_ty))
+    vscale = bv[:, None]
+    row0 = i_bh.to(tl.int64) * tl.num_programs(0) * C + i_c * C + r
+    wptr = w + row0[:, None] * K + ck[None, :]
+    uptr = u + row0[:, None] * V + cv[None, :]
+    tl.store(wptr, tl.dot(Tm, k0.to(tl.float32) * kscale, input_precision=PREC).to(w.dtype.element_ty))
+    if K > 64:
+        tl.store(wptr + BK, tl.dot(Tm, k1.to(tl.float32) * kscale, input_precision=PREC).to(w.dtype.element_ty))
+    tl.store(uptr, tl.dot(Tm, v0.to(tl.float32) * vscale, input_precision=PREC).to(u.dtype.element_ty))
+    if V > 64:
+        tl.store(uptr + BV, tl.dot(Tm, v1.to(tl.float32) * vscale, input_precision=PREC).to(u.dtype.element_ty))
     tl.store(gc + row0, G)
 
 
@@ -159,6 +182,7 @@ def _scan_kernel(
     SINGLE: tl.constexpr,
     HAS_S0: tl.constexpr,
     STORE_STATES: tl.constexpr,
+    ROW_SCALED: tl.constexpr,
     HALF_DOTS: tl.constexpr,
     PREC: tl.constexpr,
     UPCAST: tl.constexpr,
@@ -199,7 +223,22 @@ def _scan_kernel(
     u_rows = tl.where(is_d, C, 0)
 
     row_base = i_bh.to(tl.int64) * NT * C
-    for c in range(seg * CPS, tl.minimum(seg * CPS + CPS, NT)):
+    lo = seg * CPS
+    hi = tl.minimum(lo + CPS, NT)
+    # the small per-chunk loads are prefetched one chunk ahead by hand (the pipeliner only stages dot operands)
+    ut_n = tl.load(u + (row_base + lo * C + r)[:, None] * V + (c0 + cb)[None, :], mask=r[:, None] < u_rows, other=0.0)
+    gn_n = tl.load(gc + row_base + lo * C + C - 1)
+    if not ROW_SCALED:
+        gt_n = tl.load(gc + row_base + lo * C + r)
+    for c in range(lo, hi):
+        ut = ut_n
+        gn = gn_n
+        nxt = row_base + tl.minimum(c + 1, hi - 1) * C
+        ut_n = tl.load(u + (nxt + r)[:, None] * V + (c0 + cb)[None, :], mask=r[:, None] < u_rows, other=0.0)
+        gn_n = tl.load(gc + nxt + C - 1)
+        if not ROW_SCALED:
+            gt = gt_n
+            gt_n = tl.load(gc + nxt + r)
         if STORE_STATES:
             tl.store(hs + ((i_bh.to(tl.int64) * NT + c) * K + rk[:, None]) * V + (c0 + cb)[None, :], X)
         rows = row_base + c * C + r
@@ -208,16 +247,15 @@ def _scan_kernel(
         kt = tl.load(
             k + ((i_b.to(tl.int64) * T + t) * H + i_h)[:, None] * K + rk[None, :], mask=(t < T)[:, None], other=0.0
         )
-        ut = tl.load(u + rows[:, None] * V + (c0 + cb)[None, :], mask=r[:, None] < u_rows, other=0.0)
-        gt = tl.load(gc + rows)
-        gn = tl.load(gc + row_base + c * C + C - 1)
         if HALF_DOTS and not UPCAST:
             ws = tl.dot(wt, X.to(wt.dtype))
         elif HALF_DOTS:
             ws = tl.dot(wt.to(tl.float32), X.to(wt.dtype).to(tl.float32))
         else:
             ws = tl.dot(wt.to(tl.float32), X, input_precision=PREC)
-        vn = (ut.to(tl.float32) - ws) * tl.exp(gn - gt)[:, None]
+        vn = ut.to(tl.float32) - ws
+        if not ROW_SCALED:
+            vn = vn * tl.exp(gn - gt)[:, None]
         if HALF_DOTS and not UPCAST:
             X = tl.dot(tl.trans(kt), vn.to(kt.dtype), acc=X * tl.exp(gn))
         elif HALF_DOTS:
@@ -241,32 +279,72 @@ def _combine_kernel(
     V: tl.constexpr,
     BV: tl.constexpr,
     PREC: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     """Final state from the segment transitions: ``S = D_0;  S ← M_s S + D_s``. Grid (V/BV, B·H).
 
     For K = 128 the state is carried as two 64-row halves and M_s read as four 64×64 quarters, so no 128×128 fp32 tile
-    is staged whole (shared memory stays within 48 KB for an ahead-of-time launch).
+    is staged whole. ``PREFETCH`` loads segment s + 1 while segment s is applied (faster, but the staged tiles need
+    more than the 48 KB of shared memory an ahead-of-time launch may use).
     """
     KH: tl.constexpr = K // 2 if K > 64 else K
+    LD: tl.constexpr = V + K
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1)
     rh = tl.arange(0, KH)
     cv = i_v * BV + tl.arange(0, BV)
-    base = seg + i_bh.to(tl.int64) * NSEG * K * (V + K) + rh[:, None] * (V + K)
-    S0 = tl.load(base + cv[None, :])
+    base = seg + i_bh.to(tl.int64) * NSEG * K * LD + rh[:, None] * LD
+    mq = base + V + rh[None, :]  # top-left quarter of M_s at s = 0
+    dq = base + cv[None, :]  # top half of D_s at s = 0
+    S0 = tl.load(dq)
     if K > 64:
-        S1 = tl.load(base + KH * (V + K) + cv[None, :])
-    for s in range(1, NSEG):
-        ms = base + s * K * (V + K) + V + rh[None, :]
-        ds = base + s * K * (V + K) + cv[None, :]
+        S1 = tl.load(dq + KH * LD)
+    if PREFETCH:
+        nxt = tl.minimum(1, NSEG - 1) * K * LD
+        m00_n = tl.load(mq + nxt)
+        d0_n = tl.load(dq + nxt)
         if K > 64:
-            top = tl.dot(tl.load(ms), S0, acc=tl.load(ds), input_precision=PREC)
-            top = tl.dot(tl.load(ms + KH), S1, acc=top, input_precision=PREC)
-            bot = tl.dot(tl.load(ms + KH * (V + K)), S0, acc=tl.load(ds + KH * (V + K)), input_precision=PREC)
-            S1 = tl.dot(tl.load(ms + KH * (V + K) + KH), S1, acc=bot, input_precision=PREC)
-            S0 = top
+            m01_n = tl.load(mq + nxt + KH)
+            m10_n = tl.load(mq + nxt + KH * LD)
+            m11_n = tl.load(mq + nxt + KH * LD + KH)
+            d1_n = tl.load(dq + nxt + KH * LD)
+    for s in range(1, NSEG):
+        if PREFETCH:
+            m00 = m00_n
+            d0 = d0_n
+            if K > 64:
+                m01 = m01_n
+                m10 = m10_n
+                m11 = m11_n
+                d1 = d1_n
+            nxt = tl.minimum(s + 1, NSEG - 1) * K * LD
+            m00_n = tl.load(mq + nxt)
+            d0_n = tl.load(dq + nxt)
+            if K > 64:
+                m01_n = tl.load(mq + nxt + KH)
+                m10_n = tl.load(mq + nxt + KH * LD)
+                m11_n = tl.load(mq + nxt + KH * LD + KH)
+                d1_n = tl.load(dq + nxt + KH * LD)
+            if K > 64:
+                top = tl.dot(m00, S0, acc=d0, input_precision=PREC)
+                top = tl.dot(m01, S1, acc=top, input_precision=PREC)
+                bot = tl.dot(m10, S0, acc=d1, input_precision=PREC)
+                S1 = tl.dot(m11, S1, acc=bot, input_precision=PREC)
+                S0 = top
+            else:
+                S0 = tl.dot(m00, S0, acc=d0, input_precision=PREC)
         else:
-            S0 = tl.dot(tl.load(ms), S0, acc=tl.load(ds), input_precision=PREC)
+            # each tile loaded right before its product, so one 64×64 quarter is staged at a time
+            ms = mq + s * K * LD
+            ds = dq + s * K * LD
+            if K > 64:
+                top = tl.dot(tl.load(ms), S0, acc=tl.load(ds), input_precision=PREC)
+                top = tl.dot(tl.load(ms + KH), S1, acc=top, input_precision=PREC)
+                bot = tl.dot(tl.load(ms + KH * LD), S0, acc=tl.load(ds + KH * LD), input_precision=PREC)
+                S1 = tl.dot(tl.load(ms + KH * LD + KH), S1, acc=bot, input_precision=PREC)
+                S0 = top
+            else:
+                S0 = tl.dot(tl.load(ms), S0, acc=tl.load(ds), input_precision=PREC)
     dst = out + i_bh.to(tl.int64) * K * V + rh[:, None] * V + cv[None, :]
     tl.store(dst, S0)
     if K > 64:
@@ -329,7 +407,9 @@ class ChunkConfig:
     """Tuning knobs; the defaults are the H200 choices recorded in benchmarks/results/gdn_kernels.md.
 
     ``segments``: how many pieces T is cut into for the scan (None: enough for about ``target_programs`` programs).
-    ``block_v``: state columns per scan program (None: 64 for half inputs, 32 for fp32, whose split tf32x3 operands
+    ``scan_stages``: software-pipelining depth of the scan; above 1 the combine also prefetches (1 keeps every
+    half-input kernel within 48 KB of shared memory, for ahead-of-time launches). ``block_v``: state columns per scan
+    program (None: 64 for half inputs, 32 for fp32, whose split tf32x3 operands
     need more registers). ``precision``: Triton ``input_precision`` of fp32 products (None: "tf32x3" for fp32 inputs,
     "tf32" for half inputs). ``store_dtype``: dtype of W and U in the workspace (None: the input dtype).
     ``half_dots``: see the module docstring. ``solve``: "product" (nilpotent product on tensor cores) or "blocks"
@@ -341,9 +421,9 @@ class ChunkConfig:
     block_v: int | None = None
     scan_warps: int = 4
     scan_stages: int = 2
-    prep_warps: int = 8
+    prep_warps: int = 4
     combine_block_v: int = 32
-    combine_warps: int = 4
+    combine_warps: int = 8
     output_warps: int = 8
     half_dots: bool = True
     solve: str = "product"
@@ -444,7 +524,14 @@ def plan_chunk(
             1,
             ("k", "v", "g", "beta", "T", "H", "w", "u", "gc"),
             {"k": ptr, "v": ptr, "g": f32, "beta": f32, "T": "i32", "H": "i32", "w": sptr, "u": sptr, "gc": f32},
-            {"K": K, "V": V, "BC": min(K, V, 64), "PREC": prec, "SOLVE": cfg.solve, "UPCAST": upcast},
+            {
+                "K": K,
+                "V": V,
+                "PREC": prec,
+                "SOLVE": cfg.solve,
+                "ROW_SCALED": not with_output,
+                "UPCAST": upcast,
+            },
         ),
         KernelLaunch(
             _scan_kernel,
@@ -473,6 +560,7 @@ def plan_chunk(
                 "SINGLE": nseg == 1,
                 "HAS_S0": has_initial_state,
                 "STORE_STATES": with_output,
+                "ROW_SCALED": not with_output,
                 "HALF_DOTS": half_dots,
                 "PREC": prec,
                 "UPCAST": upcast,
@@ -488,7 +576,13 @@ def plan_chunk(
                 1,
                 ("seg", "NSEG", "out"),
                 {"seg": f32, "NSEG": "i32", "out": f32},
-                {"K": K, "V": V, "BV": min(cfg.combine_block_v, V), "PREC": prec},
+                {
+                    "K": K,
+                    "V": V,
+                    "BV": min(cfg.combine_block_v, V),
+                    "PREC": prec,
+                    "PREFETCH": cfg.scan_stages > 1,
+                },
             )
         )
     if with_output:
