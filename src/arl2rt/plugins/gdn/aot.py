@@ -13,12 +13,13 @@ and ``impl`` run:
   and delete them from the entry, so its parameter count is exactly inputs + ints + outputs.
 * **Shared memory.** A plain launch may use at most 48 KB of dynamic shared memory; more needs the kernel's
   ``MAX_DYNAMIC_SHARED_SIZE_BYTES`` raised first, and whether TensorRT's AOT launcher does that is not known here.
-  So :func:`compile_aot` refuses a kernel above 48 KB unless ``allow_opt_in`` is given.
+  So :func:`compile_aot` refuses a kernel above 48 KB unless ``allow_opt_in`` is given, and :func:`compile_stage`
+  (what ``aot_impl`` calls) first halves the stage's column tile until it fits. How much a kernel takes depends on
+  the Triton build (benchmarks/results/trt_plugin_aot.md), so the check runs where the engine is built.
 * **One kernel per plugin node.** The chunked state update is two or three kernels (:mod:`.chunk`: prep, scan over
   segments, combine); as AOT plugin nodes they are the stages ``gdn_prep``, ``gdn_scan`` and ``gdn_combine``
   (:func:`gdn_stages`), with W, U, the gate prefix sums and the segment results as ordinary tensors between them,
-  allocated by TensorRT. The AOT configuration pipelines the scan in one stage, which keeps every bf16/fp16 kernel
-  within 48 KB on sm_90; fp32 inputs need 64 KB in ``gdn_prep`` (opt-in, or the JIT ``impl``).
+  allocated by TensorRT. The AOT configuration pipelines the scan in one stage (less shared memory).
 * :func:`enqueue_state_update` — the JIT ``impl`` body: raw device pointers, TensorRT's stream, workspace from
   torch's caching allocator on that stream.
 
@@ -125,7 +126,7 @@ _STAGE_ARGS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, .
 
 
 def aot_chunk_config(segments: int | None = None) -> ChunkConfig:
-    """The AOT kernel configuration: a one-stage scan pipeline, which keeps every bf16/fp16 kernel within 48 KB."""
+    """The AOT kernel configuration: the planner's defaults with a one-stage scan pipeline (less shared memory)."""
     return ChunkConfig(segments=segments, scan_stages=1)
 
 

@@ -6,11 +6,11 @@
   state; tactics = kernel configurations) and ``impl`` (JIT, TensorRT ≥ 10.6: runs the Triton kernels on
   TensorRT's stream). Its update takes two or three kernels and a workspace, so it has no ``aot_impl``.
 * ``arl2::gdn_prep`` → ``arl2::gdn_scan`` [→ ``arl2::gdn_combine``] — the same update as one kernel per node, each
-  with ``aot_impl`` (TensorRT ≥ 10.9: PTX embedded in the engine, which then runs without Python) and ``impl``, for
-  fp16/bf16 key/value. A graph that uses them passes W, U, the gate prefix sums and the segment results between the
-  nodes as ordinary tensors (:func:`arl2rt.plugins.gdn.aot.stage_tensor_shapes`); ``gdn_scan`` writes the new state
-  itself when it runs as one segment (a dynamic token count), else ``gdn_combine`` (string attribute
-  ``input_dtype``: the key/value dtype) does.
+  with ``aot_impl`` (TensorRT ≥ 10.9: PTX embedded in the engine, which then runs without Python) and ``impl``. A
+  graph that uses them passes W, U, the gate prefix sums and the segment results between the nodes as ordinary
+  tensors (:func:`arl2rt.plugins.gdn.aot.stage_tensor_shapes`); ``gdn_scan`` writes the new state itself when it runs
+  as one segment (a dynamic token count), else ``gdn_combine`` (string attribute ``input_dtype``: the key/value
+  dtype) does. The exporter does not emit these nodes yet (its ``tensorrt`` target writes ``gdn_state_update``).
 
 Everything but the wrapping lives in :mod:`arl2rt.plugins.gdn.aot`, which imports no TensorRT and is tested in CI and
 on the H200 (``tools/check_trt_plugin_aot.py``). This module itself has never run: TensorRT cannot be installed on
@@ -140,8 +140,10 @@ def _prep_desc(
 
 @trtp.autotune(f"{_NS}::gdn_prep")
 def _prep_autotune(k, v, g, beta, outputs) -> List[trtp.AutoTuneCombination]:  # noqa: UP006
-    # fp32 key/value need 64 KB of shared memory in the prep kernel (over the plain-launch limit): use gdn_state_update
-    return [trtp.AutoTuneCombination("FP16|BF16, FP16|BF16, FP32, FP32, FP16|BF16, FP16|BF16, FP32")]
+    # W and U are stored in the key/value dtype; gates, prefix sums fp32
+    return [
+        trtp.AutoTuneCombination("FP32|FP16|BF16, FP32|FP16|BF16, FP32, FP32, FP32|FP16|BF16, FP32|FP16|BF16, FP32")
+    ]
 
 
 @trtp.aot_impl(f"{_NS}::gdn_prep")
@@ -173,7 +175,7 @@ def _scan_desc(
 
 @trtp.autotune(f"{_NS}::gdn_scan")
 def _scan_autotune(k, w, u, gc, s0, outputs) -> List[trtp.AutoTuneCombination]:  # noqa: UP006
-    return [trtp.AutoTuneCombination("FP16|BF16, FP16|BF16, FP16|BF16, FP32, FP32, FP32")]
+    return [trtp.AutoTuneCombination("FP32|FP16|BF16, FP32|FP16|BF16, FP32|FP16|BF16, FP32, FP32, FP32")]
 
 
 @trtp.aot_impl(f"{_NS}::gdn_scan")
