@@ -17,7 +17,6 @@ on the H200 (``tools/check_trt_plugin_aot.py``). This module itself has never ru
 this project's machines. No ``from __future__ import annotations`` here: ``tensorrt.plugin`` reads the annotations.
 """
 
-import os
 from typing import List, Tuple, Union  # noqa: UP035 - tensorrt.plugin validates these typing forms
 
 import tensorrt as trt
@@ -37,8 +36,9 @@ from arl2rt.plugins.gdn.aot import (
 )
 from arl2rt.plugins.gdn.chunk import CHUNK
 from arl2rt.plugins.gdn.plugin_spec import GDN_PLUGIN
+from arl2rt.runtime.trt.build import in_place_state
 
-IN_PLACE_STATE = os.environ.get("ARL2RT_TRT_INPLACE_STATE", "0") == "1"
+IN_PLACE_STATE = in_place_state()  # read once: the plugin descriptions must not change within a process
 _TORCH = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16}
 _DTYPE_NAMES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 _NS = GDN_PLUGIN.namespace

@@ -98,6 +98,11 @@ def plugin_digest() -> str:
     return h.hexdigest()
 
 
+def in_place_state() -> bool:
+    """``ARL2RT_TRT_INPLACE_STATE=1``: the plugins write the new state over the old (aliased plugin I/O)."""
+    return os.environ.get("ARL2RT_TRT_INPLACE_STATE", "0") == "1"
+
+
 @dataclass
 class BuildResult:
     entry: CacheEntry
@@ -136,7 +141,9 @@ def engine_key(
         "target": package.target,
         "precision": package.spec.dtype,
         "onnx": {g: graph_digest(package.graph_path(g), protos[g], known) for g in GRAPHS},
-        "plugin": plugin_digest() if package.target == "tensorrt" else None,
+        "plugin": {"sources": plugin_digest(), "in_place_state": in_place_state()}
+        if package.target == "tensorrt"
+        else None,
         "profiles": {
             g: {n: [list(s) for s in shapes] for n, shapes in profile_shapes(package.spec, g, ranges).items()}
             for g in GRAPHS
@@ -208,6 +215,7 @@ def build_engines(
             compute_capabilities=compute_capabilities,
             optimization_level=optimization_level,
             progress=lambda msg, g=graph: say(f"{g}: {msg}"),
+            preview_features=("ALIASED_PLUGIN_IO_10_03",) if key["plugin"] and key["plugin"]["in_place_state"] else (),
         )
         say(f"{graph}: building with {flavour.name} {flavour.version}")
         built = EngineBytes(lambda parsed=parsed: parsed, config)()

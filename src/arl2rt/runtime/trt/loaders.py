@@ -102,7 +102,8 @@ class NetworkFromOnnx:
 
 @dataclass
 class CreateConfig:
-    """Builder configuration: one optimization profile, timing cache, RTX targets, progress, optimization level."""
+    """Builder configuration: one optimization profile, timing cache, RTX targets, progress, optimization level and
+    preview features (``ALIASED_PLUGIN_IO_10_03`` for in-place plugin outputs)."""
 
     flavour: Flavour
     profiles: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
@@ -110,6 +111,7 @@ class CreateConfig:
     compute_capabilities: tuple[str, ...] = ()
     optimization_level: int | None = None
     progress: Progress | None = None
+    preview_features: tuple[str, ...] = ()
     _keep: list = field(default_factory=list, repr=False)
 
     def __call__(self, parsed: ParsedNetwork) -> Any:
@@ -132,6 +134,8 @@ class CreateConfig:
                 config.set_compute_capability(cc, i)
         if self.optimization_level is not None:
             config.builder_optimization_level = self.optimization_level
+        for name in self.preview_features:
+            config.set_preview_feature(getattr(self.flavour.module.PreviewFeature, name), True)
         if self.progress is not None:
             monitor = make_progress_monitor(self.flavour, self.progress)
             self._keep.append(monitor)
