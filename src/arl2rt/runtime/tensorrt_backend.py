@@ -3,10 +3,11 @@
 Activation finds the engines (an explicit ``engine_dir`` written by ``arl2rt build``, verified against this machine, or
 the engine cache, building on a miss), deserializes them and makes one execution context per graph. A step binds every
 tensor by address (``set_tensor_address``): inputs are the Streamer's tensors, outputs are written into the buffers the
-caller passes in ``out`` (the StateStore's spare states: ping-pong, no copies) or into new tensors; the block's K/V
-come back as outputs that the StateStore writes into its cache. ``denoise_step`` runs four times per block with the
-same shapes and state addresses, so it is captured as a CUDA graph on its second call and replayed (the per-pass
-latents, timestep and frame offset are copied into the graph's static inputs first).
+caller passes in ``out`` (the StateStore's spare states: ping-pong, no copies; or, for an engine whose plugin updates
+the state in place, the input's own buffer) or into new tensors; the block's K/V come back as outputs that the
+StateStore writes into its cache. ``denoise_step`` runs four times per block with the same shapes and state
+addresses, so it is captured as a CUDA graph on its second call and replayed (the per-pass latents, timestep and
+frame offset are copied into the graph's static inputs first).
 
 Errors name what to do: TensorRT missing (how to install), no or unsupported GPU, a plugin creator missing at
 deserialization (import the plugin module for JIT plugins, or rebuild with AOT plugins), engines built for another
@@ -215,7 +216,10 @@ class TensorRTBackend(Backend):
             ctx.set_tensor_address(s.name, tensor.data_ptr() if tensor.numel() else _nonnull(self.device, keep))
         outputs = {}
         for s in self.spec.outputs(graph):
-            outputs[s.name] = self._output(s, tuple(ctx.get_tensor_shape(s.name)), out.get(s.name))
+            # an output aliased to an input (in-place plugin state, TensorRT >= 10.15) is that input's buffer
+            alias = engine.get_aliased_input_tensor(s.name) if hasattr(engine, "get_aliased_input_tensor") else None
+            given = feeds[alias] if alias else out.get(s.name)
+            outputs[s.name] = self._output(s, tuple(ctx.get_tensor_shape(s.name)), given)
             ctx.set_tensor_address(s.name, outputs[s.name].data_ptr())
         return outputs
 
