@@ -242,6 +242,8 @@ def STAGE_CONFIGS(chunk):  # noqa: N802 - a table, built once chunk is imported
     return [
         base,
         replace(base, prep_warps=8),
+        replace(base, prep_maxnreg=128),
+        replace(base, prep_maxnreg=168),
         replace(base, scan_stages=1),
         replace(base, combine_warps=4),
         replace(base, block_v=32),

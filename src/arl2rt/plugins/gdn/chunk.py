@@ -412,7 +412,8 @@ class ChunkConfig:
     program (None: 64 for half inputs, 32 for fp32, whose split tf32x3 operands
     need more registers). ``precision``: Triton ``input_precision`` of fp32 products (None: "tf32x3" for fp32 inputs,
     "tf32" for half inputs). ``store_dtype``: dtype of W and U in the workspace (None: the input dtype).
-    ``half_dots``: see the module docstring. ``solve``: "product" (nilpotent product on tensor cores) or "blocks"
+    ``prep_maxnreg``: register cap of the prep kernel (more resident programs, some spills). ``half_dots``: see the
+    module docstring. ``solve``: "product" (nilpotent product on tensor cores) or "blocks"
     (16×16 substitution, then a block merge).
     """
 
@@ -422,6 +423,7 @@ class ChunkConfig:
     scan_warps: int = 4
     scan_stages: int = 2
     prep_warps: int = 4
+    prep_maxnreg: int | None = None
     combine_block_v: int = 32
     combine_warps: int = 8
     output_warps: int = 8
@@ -532,6 +534,7 @@ def plan_chunk(
                 "ROW_SCALED": not with_output,
                 "UPCAST": upcast,
             },
+            None if is_interpreted(_prep_kernel) else cfg.prep_maxnreg,
         ),
         KernelLaunch(
             _scan_kernel,
