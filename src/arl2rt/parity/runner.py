@@ -109,13 +109,13 @@ def run_parity(
         ref_out = _snapshot(outputs)
         if "drift" in modes:
             pending[(graph, block, pass_index)] = {**_snapshot({"latents": feeds["latents"]}), **ref_out}
-        wanted = "step" in modes or (block == capture_block and (graph == "commit_step" or pass_index == last_denoise))
-        if not wanted:
+        capture = block == capture_block and (graph == "commit_step" or pass_index == last_denoise)
+        if "step" not in modes and not capture:
             return
         cand_feeds = cast_feeds(feeds, candidate.spec.inputs(graph), candidate.device)
         if "step" in modes:
             record("step", graph, block, pass_index, ref_out, candidate.run(graph, cand_feeds))
-        if block == capture_block and (graph == "commit_step" or pass_index == last_denoise):
+        if capture:
             captures.append(_capture(reference, candidate, graph, block, pass_index, cand_feeds))
 
     def candidate_hook(graph: str, block: int, pass_index: int, feeds: dict, outputs: dict) -> None:
@@ -123,9 +123,9 @@ def run_parity(
         record("drift", graph, block, pass_index, ref, {"latents": feeds["latents"], **outputs})
 
     ref_stream = Streamer(reference, seed=seed, batch=batch, max_frames=max_frames, hook=reference_hook)
-    cand_stream = Streamer(candidate, seed=seed, batch=batch, max_frames=max_frames, hook=candidate_hook)
     ref_stream.start(context)
     if "drift" in modes:
+        cand_stream = Streamer(candidate, seed=seed, batch=batch, max_frames=max_frames, hook=candidate_hook)
         cand_stream.start(context)
         record("drift", "encode_context", 0, 0, _snapshot(ref_stream.store.context), cand_stream.store.context)
     if "step" in modes or capture_block is not None:
