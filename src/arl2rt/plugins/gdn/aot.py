@@ -292,6 +292,8 @@ def compile_aot(
         signature[name], constexprs[name] = "constexpr", None
     source = ASTSource(fn=_jit_function(launch.kernel), signature=signature, constexprs=constexprs)
     options = {"num_warps": launch.num_warps, "num_stages": launch.num_stages}
+    if getattr(launch, "maxnreg", None) is not None:
+        options["maxnreg"] = launch.maxnreg  # a register cap travels inside the PTX (.maxnreg)
     compiled = triton.compile(source, target=target, options=options)
     meta = compiled.metadata
     for field in ("global_scratch_size", "profile_scratch_size"):
