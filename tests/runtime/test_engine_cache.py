@@ -134,3 +134,13 @@ def test_network_io_mismatch_names_the_tensor(tmp_path):
     found["inputs"] = found["inputs"][1:]
     with pytest.raises(Arl2rtError, match="network inputs of commit_step"):
         check_network_io(found, spec, "commit_step", tmp_path / "g.onnx")
+
+
+def test_build_cli_reports_a_bad_package_without_traceback(tmp_path):
+    from typer.testing import CliRunner
+
+    from arl2rt.cli.main import app
+
+    result = CliRunner().invoke(app, ["build", str(tmp_path / "nowhere"), "--backend", "tensorrt-rtx"])
+    assert result.exit_code == 1
+    assert "expected a directory with manifest.json" in result.output and "Traceback" not in result.output
