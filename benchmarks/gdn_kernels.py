@@ -239,15 +239,7 @@ def stages(chunk, cfg, t=4680):
 
 def STAGE_CONFIGS(chunk):  # noqa: N802 - a table, built once chunk is imported
     base = chunk.ChunkConfig()
-    return [
-        base,
-        replace(base, prep_warps=8),
-        replace(base, prep_maxnreg=128),
-        replace(base, prep_maxnreg=168),
-        replace(base, scan_stages=1),
-        replace(base, combine_warps=4),
-        replace(base, block_v=32),
-    ]
+    return [base, replace(base, prep_warps=8), replace(base, scan_stages=1), replace(base, block_v=32)]
 
 
 def compare_state(chunk, naive, ts, cfg):
@@ -292,17 +284,12 @@ def compare_state(chunk, naive, ts, cfg):
     return rows
 
 
-def read_bench(read, naive, ts):
+def read_bench(read, naive, ts, sweep_configs=True):
     rows = []
     sweep = []
     base = read.ReadConfig()
     cfgs = [base]
-    for bt, warps, target, bv, stages in (
-        (64, 4, 264, 64, 4),
-        (64, 4, 396, 64, 4),
-        (64, 8, 132, 128, 2),
-        (128, 8, 132, 128, 3),
-    ):
+    for bt, warps, target, bv, stages in ((64, 8, 132, 128, 3), (128, 8, 132, 128, 3), (64, 4, 396, 64, 4)):
         cfgs.append(read.ReadConfig(block_t=bt, num_warps=warps, target_programs=target, block_v=bv, num_stages=stages))
     for t in ts:
         sets = []
@@ -310,7 +297,7 @@ def read_bench(read, naive, ts):
             q, *_, s = make_inputs(1, t, 12, D, torch.bfloat16, seed=200 + i, device="cuda")
             sets.append((q, s, torch.rand(1, t, 12, device="cuda"), torch.randn(1, t, 12, D, device="cuda").bfloat16()))
         row = {"T": t}
-        for cfg in cfgs if t == 4680 else []:
+        for cfg in cfgs if t == 4680 and sweep_configs else []:
             try:
                 tg = time_graph([lambda x=x, c=cfg: read.block_read(x[0], x[1], config=c) for x in sets])
                 sweep.append({"config": asdict(cfg), "graph_us": tg})
@@ -381,7 +368,7 @@ def main():
         ("sweep", lambda: sweep_state(chunk)),
         ("stages", lambda: {repr(c): stages(chunk, c) for c in STAGE_CONFIGS(chunk)}),
         ("compare", lambda: compare_state(chunk, naive, [1560, 4680, 9360], chunk.ChunkConfig())),
-        ("read", lambda: read_bench(read, naive, [1560, 4680, 9360])),
+        ("read", lambda: read_bench(read, naive, [1560, 4680, 9360], "readsweep" not in skip)),
     ]
     for name, fn in sections:
         if name in skip:

@@ -62,7 +62,6 @@ class KernelLaunch:
 
     ``args`` names the runtime arguments in launch order (inputs, then int sizes, then outputs); ``signature`` maps each
     of them to a Triton type (``*bf16``, ``i32``...) and each constexpr to ``"constexpr"``, as ``ASTSource`` wants.
-    ``maxnreg`` (None: the compiler's choice) caps registers per thread, trading spills for resident programs.
     """
 
     kernel: Any
@@ -72,7 +71,6 @@ class KernelLaunch:
     args: tuple[str, ...]
     signature: dict[str, str]
     constexprs: dict[str, Any]
-    maxnreg: int | None = None
 
     @property
     def name(self) -> str:
@@ -97,8 +95,7 @@ def run_launch(launch: KernelLaunch, args: Sequence[Any], stream: int | torch.cu
     """
     if len(args) != len(launch.args):
         raise ValueError(f"{launch.name} takes {len(launch.args)} runtime arguments {launch.args}; got {len(args)}")
-    options = {"num_warps": launch.num_warps, "num_stages": launch.num_stages}
-    if launch.maxnreg is not None:
-        options["maxnreg"] = launch.maxnreg
     with _on_stream(stream):
-        return launch.kernel[launch.grid](*args, **launch.constexprs, **options)
+        return launch.kernel[launch.grid](
+            *args, **launch.constexprs, num_warps=launch.num_warps, num_stages=launch.num_stages
+        )

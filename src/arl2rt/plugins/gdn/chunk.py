@@ -68,7 +68,6 @@ def _prep_kernel(
     K: tl.constexpr,
     V: tl.constexpr,
     PREC: tl.constexpr,
-    SOLVE: tl.constexpr,
     ROW_SCALED: tl.constexpr,
     UPCAST: tl.constexpr,
 ):
@@ -118,32 +117,13 @@ def _prep_kernel(
     decay = tl.exp(tl.minimum(G[:, None] - G[None, :], 0.0))
     A = tl.where(rc > cc, bv[:, None] * kk * decay, 0.0)
 
-    if SOLVE == "product":
-        # A is nilpotent (A⁶⁴ = 0): (I + A)⁻¹ = (I − A)(I + A²)(I + A⁴)(I + A⁸)(I + A¹⁶)(I + A³²), all on tensor cores
-        Tm = tl.where(rc == cc, 1.0, 0.0) - A
-        Q = A
-        for _ in tl.static_range(5):
-            Q = tl.dot(Q, Q, input_precision=PREC)
-            Tm = tl.dot(Tm, Q, acc=Tm, input_precision=PREC)
-    else:
-        # (I + A_diag)⁻¹ for the four 16×16 diagonal blocks together: step j solves row j of every block.
-        b1 = tl.arange(0, 4)[:, None, None, None]
-        b2 = tl.arange(0, 4)[None, None, :, None]
-        Ab = tl.sum(tl.where(b1 == b2, tl.reshape(A, (4, 16, 4, 16)), 0.0), axis=2)
-        i16 = tl.arange(0, 16)
-        r3 = i16[None, :, None]
-        c3 = i16[None, None, :]
-        Dinv = tl.where(r3 == c3, 1.0, 0.0) + tl.zeros((4, 16, 16), dtype=tl.float32)
-        for j in tl.static_range(1, 16):
-            a_j = tl.sum(tl.where(r3 == j, Ab, 0.0), axis=1)
-            row = tl.sum(a_j[:, :, None] * Dinv, axis=1)
-            Dinv = tl.where(r3 == j, tl.where(c3 == j, 1.0, 0.0) - row[:, None, :], Dinv)
-        Dinv = tl.reshape(tl.where(b1 == b2, tl.expand_dims(Dinv, 2), 0.0), (C, C))
-        # I + A = (I + A_diag)(I + E), E = Dinv · (block-lower part of A), so (I + A)⁻¹ = (I − E)(I + E²) Dinv.
-        E = tl.dot(Dinv, tl.where(rc // 16 > cc // 16, A, 0.0), input_precision=PREC)
-        E2 = tl.dot(E, E, input_precision=PREC)
-        F = tl.dot(E2, Dinv, acc=Dinv, input_precision=PREC)
-        Tm = F - tl.dot(E, F, input_precision=PREC)
+    # A is nilpotent (A⁶⁴ = 0): (I + A)⁻¹ = (I − A)(I + A²)(I + A⁴)(I + A⁸)(I + A¹⁶)(I + A³²), all on tensor cores
+    # (16×16 block substitution followed by a block merge measured 1.6× slower on the H200: serial, CUDA-core bound)
+    Tm = tl.where(rc == cc, 1.0, 0.0) - A
+    Q = A
+    for _ in tl.static_range(5):
+        Q = tl.dot(Q, Q, input_precision=PREC)
+        Tm = tl.dot(Tm, Q, acc=Tm, input_precision=PREC)
 
     if ROW_SCALED:
         g_end = tl.sum(tl.where(r == C - 1, G, 0.0), axis=0)
@@ -279,13 +259,12 @@ def _combine_kernel(
     V: tl.constexpr,
     BV: tl.constexpr,
     PREC: tl.constexpr,
-    PREFETCH: tl.constexpr,
 ):
     """Final state from the segment transitions: ``S = D_0;  S ← M_s S + D_s``. Grid (V/BV, B·H).
 
-    For K = 128 the state is carried as two 64-row halves and M_s read as four 64×64 quarters, so no 128×128 fp32 tile
-    is staged whole. ``PREFETCH`` loads segment s + 1 while segment s is applied (faster, but the staged tiles need
-    more than the 48 KB of shared memory an ahead-of-time launch may use).
+    For K = 128 the state is carried as two 64-row halves and M_s is read as four 64×64 quarters, each right before
+    its product, so one quarter is staged at a time (shared memory stays within 48 KB for an ahead-of-time launch;
+    prefetching the next segment's tiles measured no faster on the H200).
     """
     KH: tl.constexpr = K // 2 if K > 64 else K
     LD: tl.constexpr = V + K
@@ -294,57 +273,20 @@ def _combine_kernel(
     rh = tl.arange(0, KH)
     cv = i_v * BV + tl.arange(0, BV)
     base = seg + i_bh.to(tl.int64) * NSEG * K * LD + rh[:, None] * LD
-    mq = base + V + rh[None, :]  # top-left quarter of M_s at s = 0
-    dq = base + cv[None, :]  # top half of D_s at s = 0
-    S0 = tl.load(dq)
+    S0 = tl.load(base + cv[None, :])
     if K > 64:
-        S1 = tl.load(dq + KH * LD)
-    if PREFETCH:
-        nxt = tl.minimum(1, NSEG - 1) * K * LD
-        m00_n = tl.load(mq + nxt)
-        d0_n = tl.load(dq + nxt)
-        if K > 64:
-            m01_n = tl.load(mq + nxt + KH)
-            m10_n = tl.load(mq + nxt + KH * LD)
-            m11_n = tl.load(mq + nxt + KH * LD + KH)
-            d1_n = tl.load(dq + nxt + KH * LD)
+        S1 = tl.load(base + KH * LD + cv[None, :])
     for s in range(1, NSEG):
-        if PREFETCH:
-            m00 = m00_n
-            d0 = d0_n
-            if K > 64:
-                m01 = m01_n
-                m10 = m10_n
-                m11 = m11_n
-                d1 = d1_n
-            nxt = tl.minimum(s + 1, NSEG - 1) * K * LD
-            m00_n = tl.load(mq + nxt)
-            d0_n = tl.load(dq + nxt)
-            if K > 64:
-                m01_n = tl.load(mq + nxt + KH)
-                m10_n = tl.load(mq + nxt + KH * LD)
-                m11_n = tl.load(mq + nxt + KH * LD + KH)
-                d1_n = tl.load(dq + nxt + KH * LD)
-            if K > 64:
-                top = tl.dot(m00, S0, acc=d0, input_precision=PREC)
-                top = tl.dot(m01, S1, acc=top, input_precision=PREC)
-                bot = tl.dot(m10, S0, acc=d1, input_precision=PREC)
-                S1 = tl.dot(m11, S1, acc=bot, input_precision=PREC)
-                S0 = top
-            else:
-                S0 = tl.dot(m00, S0, acc=d0, input_precision=PREC)
+        ms = base + s * K * LD + V + rh[None, :]  # top-left quarter of M_s
+        ds = base + s * K * LD + cv[None, :]  # top half of D_s
+        if K > 64:
+            top = tl.dot(tl.load(ms), S0, acc=tl.load(ds), input_precision=PREC)
+            top = tl.dot(tl.load(ms + KH), S1, acc=top, input_precision=PREC)
+            bot = tl.dot(tl.load(ms + KH * LD), S0, acc=tl.load(ds + KH * LD), input_precision=PREC)
+            S1 = tl.dot(tl.load(ms + KH * LD + KH), S1, acc=bot, input_precision=PREC)
+            S0 = top
         else:
-            # each tile loaded right before its product, so one 64×64 quarter is staged at a time
-            ms = mq + s * K * LD
-            ds = dq + s * K * LD
-            if K > 64:
-                top = tl.dot(tl.load(ms), S0, acc=tl.load(ds), input_precision=PREC)
-                top = tl.dot(tl.load(ms + KH), S1, acc=top, input_precision=PREC)
-                bot = tl.dot(tl.load(ms + KH * LD), S0, acc=tl.load(ds + KH * LD), input_precision=PREC)
-                S1 = tl.dot(tl.load(ms + KH * LD + KH), S1, acc=bot, input_precision=PREC)
-                S0 = top
-            else:
-                S0 = tl.dot(tl.load(ms), S0, acc=tl.load(ds), input_precision=PREC)
+            S0 = tl.dot(tl.load(ms), S0, acc=tl.load(ds), input_precision=PREC)
     dst = out + i_bh.to(tl.int64) * K * V + rh[:, None] * V + cv[None, :]
     tl.store(dst, S0)
     if K > 64:
@@ -407,14 +349,11 @@ class ChunkConfig:
     """Tuning knobs; the defaults are the H200 choices recorded in benchmarks/results/gdn_kernels.md.
 
     ``segments``: how many pieces T is cut into for the scan (None: enough for about ``target_programs`` programs).
-    ``scan_stages``: software-pipelining depth of the scan; above 1 the combine also prefetches (1 keeps every
-    half-input kernel within 48 KB of shared memory, for ahead-of-time launches). ``block_v``: state columns per scan
-    program (None: 64 for half inputs, 32 for fp32, whose split tf32x3 operands
-    need more registers). ``precision``: Triton ``input_precision`` of fp32 products (None: "tf32x3" for fp32 inputs,
-    "tf32" for half inputs). ``store_dtype``: dtype of W and U in the workspace (None: the input dtype).
-    ``prep_maxnreg``: register cap of the prep kernel (more resident programs, some spills). ``half_dots``: see the
-    module docstring. ``solve``: "product" (nilpotent product on tensor cores) or "blocks"
-    (16×16 substitution, then a block merge).
+    ``block_v``: state columns per scan program (None: 64 for half inputs, 32 for fp32, whose split tf32x3 operands
+    need more registers). ``scan_stages``: software-pipelining depth of the scan (1 keeps every half-input kernel within
+    48 KB of shared memory, for ahead-of-time launches). ``half_dots``: see the module docstring. ``precision``:
+    Triton ``input_precision`` of fp32 products (None: "tf32x3" for fp32 inputs, "tf32" for half inputs).
+    ``store_dtype``: dtype of W and U in the workspace (None: the input dtype; fp32 is more accurate and slower).
     """
 
     segments: int | None = None
@@ -423,12 +362,10 @@ class ChunkConfig:
     scan_warps: int = 4
     scan_stages: int = 2
     prep_warps: int = 4
-    prep_maxnreg: int | None = None
     combine_block_v: int = 32
-    combine_warps: int = 8
+    combine_warps: int = 4
     output_warps: int = 8
     half_dots: bool = True
-    solve: str = "product"
     precision: str | None = None
     store_dtype: torch.dtype | None = None
 
@@ -530,11 +467,9 @@ def plan_chunk(
                 "K": K,
                 "V": V,
                 "PREC": prec,
-                "SOLVE": cfg.solve,
                 "ROW_SCALED": not with_output,
                 "UPCAST": upcast,
             },
-            None if is_interpreted(_prep_kernel) else cfg.prep_maxnreg,
         ),
         KernelLaunch(
             _scan_kernel,
@@ -579,13 +514,7 @@ def plan_chunk(
                 1,
                 ("seg", "NSEG", "out"),
                 {"seg": f32, "NSEG": "i32", "out": f32},
-                {
-                    "K": K,
-                    "V": V,
-                    "BV": min(cfg.combine_block_v, V),
-                    "PREC": prec,
-                    "PREFETCH": cfg.scan_stages > 1,
-                },
+                {"K": K, "V": V, "BV": min(cfg.combine_block_v, V), "PREC": prec},
             )
         )
     if with_output:

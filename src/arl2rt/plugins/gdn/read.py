@@ -94,14 +94,15 @@ class ReadConfig:
     """Tuning knobs; defaults are the H200 choices in benchmarks/results/gdn_kernels.md.
 
     ``block_t`` rows per tile, ``block_v`` state columns per program, ``target_programs`` how many programs to aim for
-    (each then takes ⌈tiles / programs⌉ tiles, re-using its slice of S).
+    (each then takes ⌈tiles / programs⌉ tiles, re-using its slice of S). ``num_warps`` None: 4, or 8 when a gate or an
+    add is fused (their prefetched tiles would spill registers at 4).
     """
 
     block_t: int = 64
-    block_v: int = 128
-    target_programs: int = 132
-    num_warps: int = 8
-    num_stages: int = 3
+    block_v: int = 64
+    target_programs: int = 264
+    num_warps: int | None = None
+    num_stages: int = 4
 
 
 @functools.lru_cache(maxsize=256)
@@ -135,7 +136,7 @@ def plan_block_read(
     launch = KernelLaunch(
         _block_read_kernel,
         (math.ceil(tiles / tiles_per_program), bh, head_v // bv),
-        cfg.num_warps,
+        cfg.num_warps or (8 if gate_dtype is not None or accumulate else 4),
         cfg.num_stages,
         ("q", "state", "gate", "T", "H", "TILES", "o"),
         {
