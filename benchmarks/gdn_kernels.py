@@ -239,7 +239,7 @@ def stages(chunk, cfg, t=4680):
 
 def STAGE_CONFIGS(chunk):  # noqa: N802 - a table, built once chunk is imported
     base = chunk.ChunkConfig()
-    return [base, replace(base, prep_warps=8), replace(base, scan_stages=1), replace(base, block_v=32)]
+    return [base, replace(base, scan_stages=1)]
 
 
 def compare_state(chunk, naive, ts, cfg):
