@@ -339,6 +339,7 @@ def main():
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--profile-once", action="store_true", help="one state update and one read, for ncu")
     ap.add_argument("--skip", default="", help="comma list of sections to skip")
+    ap.add_argument("--ts", default="1560,4680,9360", help="token counts for the compare and read sections")
     args = ap.parse_args()
     if args.smoke:
         smoke()
@@ -361,14 +362,15 @@ def main():
     from arl2rt.plugins.gdn import chunk, naive, read
 
     skip = set(args.skip.split(","))
+    ts = [int(t) for t in args.ts.split(",")]
     result = {"env": environment()}
     log("env", result["env"])
     sections = [
         ("correctness", lambda: correctness(chunk, naive, "cuda", SHAPES, [torch.float32, torch.bfloat16])),
         ("sweep", lambda: sweep_state(chunk)),
         ("stages", lambda: {repr(c): stages(chunk, c) for c in STAGE_CONFIGS(chunk)}),
-        ("compare", lambda: compare_state(chunk, naive, [1560, 4680, 9360], chunk.ChunkConfig())),
-        ("read", lambda: read_bench(read, naive, [1560, 4680, 9360], "readsweep" not in skip)),
+        ("compare", lambda: compare_state(chunk, naive, ts, chunk.ChunkConfig())),
+        ("read", lambda: read_bench(read, naive, ts, "readsweep" not in skip)),
     ]
     for name, fn in sections:
         if name in skip:
