@@ -9,6 +9,8 @@ from pathlib import Path
 
 from arl2rt.errors import Arl2rtError
 
+SAMPLERS = ("renoise", "euler")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -39,6 +41,9 @@ class ModelConfig:
     timesteps: tuple[float, ...] = (1000.0, 750.0, 500.0, 250.0)
     scheduler_shift: float = 5.0
     warp_timesteps: bool = True
+    # Between passes: "renoise" = x0 plus fresh noise (ARL2's few-step distilled students); "euler" = the flow ODE
+    # step x + (sigma_next - sigma) v (plain flow-matching models, whose x0 is a blurry mean at high noise).
+    sampler: str = "renoise"
     lora_rank: int = 16
     lora_alpha: float = 32.0
     # A small word vocabulary instead of umT5 (the embedded model); 0 = the model takes text embeddings only.
@@ -65,6 +70,8 @@ class ModelConfig:
                 f"attn_window_frames {self.attn_window_frames} must be -1 or >= frames_per_block + sink_frames "
                 f"({self.frames_per_block + self.sink_frames})"
             )
+        if self.sampler not in SAMPLERS:
+            problems.append(f"sampler {self.sampler!r} is not one of {list(SAMPLERS)}")
         if problems:
             raise Arl2rtError(f"invalid model config {self.name!r}: " + "; ".join(problems))
 

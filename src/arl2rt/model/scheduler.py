@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,7 @@ class FlowMatchScheduler:
     """
 
     timesteps: tuple[float, ...]
+    sampler: str = "renoise"
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> FlowMatchScheduler:
@@ -38,7 +40,7 @@ class FlowMatchScheduler:
                 * shift_sigma(1 - (NUM_TRAIN_TIMESTEPS - int(s)) / NUM_TRAIN_TIMESTEPS, cfg.scheduler_shift)
                 for s in steps
             )
-        return cls(tuple(steps))
+        return cls(tuple(steps), cfg.sampler)
 
     @property
     def sigmas(self) -> tuple[float, ...]:
@@ -53,3 +55,16 @@ class FlowMatchScheduler:
     def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
         """``x_σ = (1 − σ) x0 + σ ε``."""
         return (1 - sigma) * x0 + sigma * noise
+
+    def next_latents(
+        self, x: torch.Tensor, velocity: torch.Tensor, i: int, fresh_noise: Callable[[], torch.Tensor]
+    ) -> torch.Tensor:
+        """Latents of pass ``i + 1`` from pass ``i``'s input and velocity.
+
+        ``renoise``: ``x0`` re-noised to ``sigma_{i+1}`` with ``fresh_noise()``; ``euler``: the flow ODE step
+        ``x + (sigma_{i+1} - sigma_i) v`` (``x0`` re-noised with the noise the velocity implies), drawing no noise.
+        """
+        s, s_next = self.sigmas[i], self.sigmas[i + 1]
+        if self.sampler == "euler":
+            return x + (s_next - s) * velocity
+        return self.add_noise(self.x0(x, velocity, s), fresh_noise(), s_next)

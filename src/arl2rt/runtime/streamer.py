@@ -95,7 +95,7 @@ class Streamer:
             velocity = self._run("denoise_step", self._feeds(x, t), i)["velocity"]
             x0 = sched.x0(x, velocity, sched.sigmas[i])
             if i + 1 < len(sched.timesteps):
-                x = sched.add_noise(x0, self._noise(), sched.sigmas[i + 1])
+                x = sched.next_latents(x, velocity, i, self._noise)
         outputs = self._run("commit_step", self._feeds(x0, 0.0), len(sched.timesteps), self.store.spare_buffers())
         self.store.commit(outputs)
         self.position.block += 1
