@@ -29,7 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data import make_batch  # noqa: E402
 
 from arl2rt.model.config import load_config  # noqa: E402
-from arl2rt.model.embedded import CONFIG_FILE, WEIGHTS_FILE, build_embedded, embedded_state_dict  # noqa: E402
+from arl2rt.model.embedded import (  # noqa: E402
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    build_embedded,
+    embedded_state_dict,
+    load_embedded_from,
+)
 from arl2rt.model.sequence import teacher_forcing_forward  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parents[2] / "src" / "arl2rt" / "assets"
@@ -40,6 +46,24 @@ def sample_timesteps(shape, table: torch.Tensor, gen: torch.Generator) -> torch.
     uniform = 1000 * (1 - torch.rand(shape, generator=gen))
     discrete = table[torch.randint(len(table), shape, generator=gen)]
     return torch.where(torch.rand(shape, generator=gen) < 0.5, discrete, uniform)
+
+
+def batch_loss(em, cfg, table, batch: int, frames: int, gen, device, context_noise: float) -> torch.Tensor:
+    """Flow-matching loss of one teacher-forced batch: per-frame t, target velocity ``eps - x0``."""
+    prompts, clips, _ = make_batch(batch, frames, gen, device)
+    ids = torch.stack([em.encoder.token_ids(p) for p in prompts]).to(device)
+    t = sample_timesteps((batch, frames), table, gen).to(device)
+    sigma = (t / 1000)[:, None, :, None, None]
+    eps = torch.randn(clips.shape, generator=gen).to(device)
+    noisy = (1 - sigma) * clips + sigma * eps
+    # a little noise on the clean half: generated frames the model commits are never exactly clean renders
+    ctx_std = context_noise * torch.rand(batch, 1, 1, 1, 1, generator=gen).to(device)
+    clean = clips + ctx_std * torch.randn(clips.shape, generator=gen).to(device)
+    offset = int(torch.randint(0, cfg.rope_max_positions - frames + 1, (), generator=gen))
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        context_kv = em.model.encode_context(em.encoder(ids))
+        v = teacher_forcing_forward(em.model, clean, noisy, t, context_kv, frame_offset=offset)
+    return F.mse_loss(v.float(), eps - clips)
 
 
 def save_weights(em, path: Path, metadata: dict[str, str]) -> None:
@@ -61,6 +85,8 @@ def main() -> None:
     ap.add_argument("--ema", type=float, default=0.995)
     ap.add_argument("--context-noise", type=float, default=0.03, help="max std of noise added to the clean half")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--first-frames", type=int, default=0, help="extra 1-frame clips per step (prompt-only frames)")
+    ap.add_argument("--init", type=Path, help="start from these weights (a train.py output or the shipped file)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-every", type=float, default=60.0, help="seconds between weight saves")
     args = ap.parse_args()
@@ -72,7 +98,7 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = True
     cfg = load_config(args.config)
     torch.manual_seed(args.seed)
-    em = build_embedded(cfg)
+    em = build_embedded(cfg) if args.init is None else load_embedded_from(cfg, args.init.read_bytes(), str(args.init))
     em.model.to(device).train()
     em.encoder.to(device).train()
     params = [p for m in (em.model, em.encoder) for p in m.parameters()]
@@ -80,7 +106,6 @@ def main() -> None:
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0)
     gen = torch.Generator().manual_seed(args.seed + 1)
     table = torch.tensor(cfg.timesteps, dtype=torch.float32)
-    use_bf16 = device.type == "cuda"
     args.out.mkdir(parents=True, exist_ok=True)
     recipe = {k: str(v) for k, v in vars(args).items()}
     log = open(args.out / "loss.csv", "w", newline="")
@@ -99,20 +124,12 @@ def main() -> None:
         for group in opt.param_groups:
             group["lr"] = lr
 
-        prompts, clips, _ = make_batch(args.batch, args.frames, gen, device)
-        ids = torch.stack([em.encoder.token_ids(p) for p in prompts]).to(device)
-        t = sample_timesteps((args.batch, args.frames), table, gen).to(device)
-        sigma = (t / 1000)[:, None, :, None, None]
-        eps = torch.randn(clips.shape, generator=gen).to(device)
-        noisy = (1 - sigma) * clips + sigma * eps
-        # a little noise on the clean half: generated frames the model commits are never exactly clean renders
-        ctx_std = args.context_noise * torch.rand(args.batch, 1, 1, 1, 1, generator=gen).to(device)
-        clean = clips + ctx_std * torch.randn(clips.shape, generator=gen).to(device)
-        offset = int(torch.randint(0, cfg.rope_max_positions - args.frames + 1, (), generator=gen))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            context_kv = em.model.encode_context(em.encoder(ids))
-            v = teacher_forcing_forward(em.model, clean, noisy, t, context_kv, frame_offset=offset)
-        loss = F.mse_loss(v.float(), eps - clips)
+        loss = batch_loss(em, cfg, table, args.batch, args.frames, gen, device, args.context_noise)
+        if args.first_frames:
+            # prompt-only first frames are the hard case (no context): train them on their own as well
+            first = batch_loss(em, cfg, table, args.first_frames, 1, gen, device, args.context_noise)
+            n, m = args.batch * args.frames, args.first_frames
+            loss = (n * loss + m * first) / (n + m)
         if not torch.isfinite(loss):
             skipped += 1
             if skipped > 20:
@@ -126,7 +143,7 @@ def main() -> None:
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
         step += 1
-        seen += args.batch
+        seen += args.batch + args.first_frames
         value = loss.item()
         smooth = value if smooth is None else 0.98 * smooth + 0.02 * value
         if step % 10 == 0 or step == 1:
