@@ -98,7 +98,9 @@ def test_resume_cuts_back_to_the_snapshot_and_appends(tmp_path, fmt):
             w.write(b)
         snapshot = w.state()
         w.write(stray)  # made after the snapshot: the resumed run makes this block again
-    with open_writer(path, resume=snapshot) as w:
+    with open_writer(path, resume=snapshot, fps=25) as w:  # appends at the output's own frame rate
+        assert w.fps == 16
+        _check(fmt, _read(path), blocks[:2])  # valid right after the cut, before any new block
         for b in blocks[2:]:
             w.write(b)
         assert w.state()["frames"] == 4 * F
@@ -151,9 +153,9 @@ def test_outputs_are_not_clobbered_and_bad_paths_are_named(tmp_path):
     with pytest.raises(Arl2rtError, match="already holds 3 frame_"):
         open_writer(d)
     with pytest.raises(Arl2rtError, match="recorded 999 bytes"):
-        open_writer(existing, resume={"format": "mp4", "frames": 3, "bytes": 999, "fragments": 1})
+        open_writer(existing, resume={"format": "mp4", "frames": 3, "bytes": 999, "fragments": 1, "fps": 16})
     with pytest.raises(Arl2rtError, match="the session wrote gif"):
-        open_writer(existing, resume={"format": "gif", "frames": 3, "bytes": 9})
+        open_writer(existing, resume={"format": "gif", "frames": 3, "bytes": 9, "fps": 16})
 
 
 _KILLED = textwrap.dedent(

@@ -96,7 +96,8 @@ class FrameWriter(ABC):
 
     def state(self) -> dict[str, Any]:
         """JSON-able position of the output after the last block (what a session stores to append later)."""
-        return {"format": self.format, "path": str(self.path.resolve()), "frames": self.frames, **self.state_impl()}
+        where = {"format": self.format, "path": str(self.path.resolve()), "frames": self.frames, "fps": self.fps}
+        return {**where, **self.state_impl()}
 
     def close(self) -> None:
         return None
@@ -268,6 +269,10 @@ class GifWriter(FrameWriter):
         _prepare_file(self.path, resume, overwrite)
         self.frames = resume["frames"] if resume else 0
         self.bytes = resume["bytes"] if resume else 0  # end of the last frame: where the trailer sits
+        if self.bytes:
+            with open(self.path, "r+b") as f:  # valid again at once, even if no block follows
+                f.seek(self.bytes)
+                f.write(self.TRAILER)
         self.delay_ms = max(20, round(1000 / fps / 10) * 10)  # GIF delays are centiseconds; players clamp < 2
 
     def _header(self, width: int, height: int) -> bytes:
@@ -391,10 +396,13 @@ _WRITERS: dict[str, type[FrameWriter]] = {"mp4": Mp4Writer, "gif": GifWriter, "p
 
 
 def open_writer(path: Path, *, fps: int = 16, resume: dict | None = None, overwrite: bool = False) -> FrameWriter:
-    """The writer for ``path``'s format; ``resume`` (a :meth:`FrameWriter.state`) appends after that point."""
+    """The writer for ``path``'s format; ``resume`` (a :meth:`FrameWriter.state`) appends after that point, at the
+    frame rate the output was started with."""
+    fmt = output_format(Path(path))
+    if resume is not None:
+        if resume.get("format") != fmt:
+            raise Arl2rtError(f"output {path}: the session wrote {resume.get('format')}, this path is {fmt}")
+        fps = resume["fps"]
     if fps < 1:
         raise Arl2rtError(f"fps must be >= 1, got {fps}")
-    fmt = output_format(Path(path))
-    if resume is not None and resume.get("format") != fmt:
-        raise Arl2rtError(f"output {path}: the session wrote {resume.get('format')}, this path is {fmt}")
     return _WRITERS[fmt](Path(path), fps, resume=resume, overwrite=overwrite)
