@@ -16,6 +16,7 @@ import argparse
 import datetime
 import json
 import platform
+import re
 import sys
 import time
 import traceback
@@ -40,7 +41,20 @@ def _row(name: str, report, seconds: float) -> dict:
     row["passed_default_tolerances"] = result.passed
     row["first_failure"] = result.first_failure()
     row["drift_curve"] = {m: [p.to_dict() for p in result.drift(m)] for m in result.modes}
+    row["per_kind"] = _per_kind(result)
     return row
+
+
+def _per_kind(result) -> dict[str, dict[str, float]]:
+    """Worst max abs and rel L2 per tensor kind (``present_state``, ``velocity``, ...) over both modes and all blocks:
+    the numbers the default tolerances are set from."""
+    worst: dict[str, dict[str, float]] = {}
+    for step in result.steps:
+        for name, m in step.tensors.items():
+            w = worst.setdefault(name.split(".", 1)[0], {"max_abs": 0.0, "rel_l2": 0.0})
+            w["max_abs"] = max(w["max_abs"], m.max_abs)
+            w["rel_l2"] = max(w["rel_l2"], m.rel_l2)
+    return worst
 
 
 def run(blocks: int, drift_blocks: int) -> dict:
@@ -59,7 +73,9 @@ def run(blocks: int, drift_blocks: int) -> dict:
             kwargs = {"target": target} if backend != "torch" else {}
             report = check_parity(model, context, backend=backend, dtype=dtype, blocks=n, seed=0, **kwargs)
         except Arl2rtError as exc:
-            skipped.append({"candidate": name, "reason": str(exc).splitlines()[0][:300]})
+            # the package was exported to a temporary directory that is gone by now
+            reason = re.sub(r"\S*/pkg/", "<package>/", str(exc).splitlines()[0])[:300]
+            skipped.append({"candidate": name, "reason": reason})
             print(f"  skipped: {skipped[-1]['reason']}", file=sys.stderr)
             continue
         except Exception:  # noqa: BLE001 - a failing candidate is a result to report, not the end of the run
@@ -127,6 +143,12 @@ def render(data: dict) -> str:
     if data["skipped"]:
         lines += ["", "Not measured:", ""]
         lines += [f"* {s['candidate']}: {s['reason']}" for s in data["skipped"]]
+    kinds = sorted({k for r in data["rows"] for k in r["per_kind"]})
+    lines += ["", "## Worst max abs / rel L2 per tensor kind (both modes, all blocks)", ""]
+    lines += ["| candidate | " + " | ".join(kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+    for r in data["rows"]:
+        cells = [f"{_f(r['per_kind'][k]['max_abs'])} / {_f(r['per_kind'][k]['rel_l2'])}" for k in kinds]
+        lines.append(f"| {r['candidate']} | " + " | ".join(cells) + " |")
     drift_rows = [r for r in data["rows"] if r["blocks"] >= 32]
     if drift_rows:
         lines += [

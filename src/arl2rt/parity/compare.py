@@ -22,14 +22,15 @@ from arl2rt.errors import Arl2rtError
 # Element-wise relative differences divide by |reference|; zeros get this epsilon (as polygraphy does).
 _REL_EPS = 2.220446049250313e-16
 
-# Default tolerances per candidate precision (reference: float64). The recurrent state is held in fp32 in every
-# precision and carries every earlier block, so its tolerance is tighter than the outputs'. Values were set from the
-# measured errors of benchmarks/parity_tiny.py with a margin of about 10x.
+# Default tolerances per candidate precision (reference: float64), set from the worst errors measured by
+# benchmarks/parity_tiny.py (tiny config, 16 and 64 blocks, results/parity_tiny.md): about 10x above them for outputs
+# and about 5x for the recurrent state, which carries every earlier block into the next and so is held tighter.
+# They are a correctness check for that model size; a larger model may need --atol/--rtol.
 DEFAULT_TOLERANCES: dict[str, dict[str, dict[str, float]]] = {
     "float64": {"atol": {"": 1e-10}, "rtol": {"": 1e-10}},
-    "float32": {"atol": {"": 1e-4, "present_state": 1e-5}, "rtol": {"": 1e-4, "present_state": 1e-4}},
-    "float16": {"atol": {"": 2e-2, "present_state": 5e-3}, "rtol": {"": 2e-2, "present_state": 1e-2}},
-    "bfloat16": {"atol": {"": 1.5e-1, "present_state": 4e-2}, "rtol": {"": 1.5e-1, "present_state": 8e-2}},
+    "float32": {"atol": {"": 5e-5, "present_state": 2e-5}, "rtol": {"": 1e-4, "present_state": 1e-4}},
+    "float16": {"atol": {"": 5e-2, "present_state": 2e-2}, "rtol": {"": 5e-2, "present_state": 2e-2}},
+    "bfloat16": {"atol": {"": 4e-1, "present_state": 2e-1}, "rtol": {"": 2e-1, "present_state": 1e-1}},
 }
 
 
