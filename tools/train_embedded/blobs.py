@@ -102,7 +102,8 @@ def stream_quality(prompt: str, want: dict[str, int], frames: np.ndarray, max_sp
     count_ok = np.mean([len(b) == n_want for b in blobs])
     moves = [max_displacement(a, b) for a, b in zip(blobs, blobs[1:])]
     right = [colour_counts(b) == want for b in blobs]
-    motion_ok = np.mean([ra and rb and m is not None and m <= max_speed for ra, rb, m in zip(right, right[1:], moves)])
+    pairs = [ra and rb and m is not None and m <= max_speed for ra, rb, m in zip(right, right[1:], moves)]
+    motion_ok = np.mean(pairs) if pairs else float("nan")  # a one-frame stream has no motion to judge
     coloured = (np.abs(frames + 1).max(axis=1) > 0.3).mean(axis=(1, 2))  # any channel clearly above black
     return StreamQuality(
         prompt,

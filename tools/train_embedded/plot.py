@@ -36,7 +36,7 @@ def loss_png(csv_path: Path, png: Path) -> None:
     fig.savefig(png)
 
 
-def sample_gif(npz: Path, gif: Path, frames: int = 96, scale: int = 3, fps: int = 12) -> None:
+def sample_gif(npz: Path, gif: Path, frames: int = 32, scale: int = 2, fps: int = 8) -> None:
     """A row of all prompts' streams (first ``frames`` frames), upscaled ``scale`` x with 2 px grey gaps."""
     import imageio.v3 as iio
 
