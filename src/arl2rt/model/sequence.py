@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from arl2rt.errors import Arl2rtError
 from arl2rt.model.dit import CausalDiT, DiTBlock, _gated, _modulate
 from arl2rt.model.gated_delta import block_read, chunk_gated_delta_rule_state
-from arl2rt.model.layers import accum_dtype, apply_rope, attention, l2norm, sinusoidal_embedding
+from arl2rt.model.layers import accum_dtype, apply_rope, attention, sinusoidal_embedding
 
 
 def clip_forward(
@@ -151,7 +151,7 @@ def _hybrid_attention(attn, x, cos, sin, num_blocks, clean_len):
     q_proj, k_proj, v_proj = attn.q(x), attn.k(x), attn.v(x)
     q = apply_rope(attn.heads(attn.norm_q(q_proj)), cos, sin)
     k = apply_rope(attn.heads(attn.norm_k(k_proj)), cos, sin)
-    q_mem = l2norm(apply_rope(attn.phi_q(attn.heads(attn.norm_q(attn._lora("q", x, q_proj)))), cos, sin))
+    q_mem = attn.memory_query(x, cos, sin, q_proj)
     blocks = x.shape[1] // (clean_len // num_blocks)  # blocks of the whole sequence (both halves)
 
     def per_block(t: torch.Tensor) -> torch.Tensor:  # [B, L, ...] -> [B * blocks, L_block, ...]
