@@ -11,6 +11,17 @@ from arl2rt.model.layers import HeadwiseLinear, RMSNorm, accum_dtype, apply_rope
 from arl2rt.plugins.gdn.op import gdn_state_update
 
 
+def memory_read(q: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """The block read: the Triton kernel on CUDA (plugins/gdn/read.py), the reference on a CPU and while tracing."""
+    if q.is_cuda and not torch.compiler.is_compiling():
+        from arl2rt.plugins.gdn import read  # imports Triton: CUDA only
+
+        dims_ok = q.shape[-1] in read.SUPPORTED_DIMS and state.shape[-1] in read.SUPPORTED_DIMS
+        if dims_ok and q.dtype in read.INPUT_DTYPES:
+            return read.block_read(q, state)
+    return block_read(q, state)
+
+
 class _QKV(nn.Module):
     """Wan's shared projections: q, k, v, o with biases and RMSNorm on q and k over the full width."""
 
@@ -93,7 +104,7 @@ class HybridSelfAttention(_QKV):
         q = apply_rope(self.heads(self.norm_q(q_proj)), cos, sin)
         k = apply_rope(self.heads(self.norm_k(k_proj)), cos, sin)
         o_intra = attention(q, k, self.heads(v_proj))
-        o_inter = block_read(self.memory_query(x, cos, sin, q_proj), state)
+        o_inter = memory_read(self.memory_query(x, cos, sin, q_proj), state)
         gate = torch.sigmoid(self.gate_proj(x))[..., None]
         out = self.o((o_intra + gate * o_inter).flatten(2))
         new_state = None
