@@ -62,6 +62,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ import torch.nn.functional as F
 
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import StateSpec
+from arl2rt.model.attention import memory_read
 from arl2rt.model.config import PRESETS, ModelConfig
 from arl2rt.model.gated_delta import CHUNK_SIZE, block_read
 from arl2rt.model.layers import attention
@@ -207,6 +209,8 @@ class Plan:
     deadline_s: float
     seed: int
     smoke: bool
+    graphs: bool = True
+    no_graphs_reason: str = "--no-graphs"
     argv: list[str] = field(default_factory=list)
 
     @property
@@ -301,6 +305,7 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
         deadline_s=args.deadline_s,
         seed=args.seed,
         smoke=args.smoke,
+        graphs=not args.no_graphs,
         argv=argv,
     )
     return plan
@@ -455,19 +460,33 @@ def quantiles(times: list[float]) -> tuple[float, float, float]:
     return statistics.median(t), q[1], q[7]
 
 
-def capture_or_eager(fn, device: torch.device) -> tuple[CapturedCall, float, str]:
-    """Capture ``fn`` (after one timed side-stream warm-up); if capture fails, time it eagerly and say why."""
+def capture_or_eager(fn, plan: Plan) -> tuple[CapturedCall, float, str]:
+    """Capture ``fn`` after one timed warm-up; if a capture fails, time eagerly from then on and say why."""
+    device = plan.device
     call = CapturedCall(fn, device)
+    if not plan.graphs:
+        return call, time_calls(call, 1, device)[0], f"eager ({plan.no_graphs_reason})"
     try:
         warm = call.capture(warmup=1)[0]
         return call, warm, "graph" if call.captured else "eager"
     except RuntimeError as exc:
         call.release()
         sync(device)
-        reason = str(exc).splitlines()[0][:160]
-        log("capture failed, timing eagerly:", reason)
+        plan.graphs, plan.no_graphs_reason = False, f"capture failed: {str(exc).splitlines()[0][:160]}"
+        log("CUDA graphs off for the rest of the run:", plan.no_graphs_reason)
         call = CapturedCall(fn, device)
-        return call, time_calls(call, 1, device)[0], f"eager (capture failed: {reason})"
+        return call, time_calls(call, 1, device)[0], f"eager ({plan.no_graphs_reason})"
+
+
+def noise_pool(spec: StateSpec, device: torch.device, seed: int) -> Callable[[], torch.Tensor]:
+    """Latent noise from a fixed pool of one block's worth, in turn: a captured graph holds no random number
+    generator (a failed capture cannot leave one half-registered), and every replay does the same work."""
+    cfg = spec.config
+    gen = torch.Generator(device).manual_seed(seed)
+    shape = (1, cfg.in_channels, cfg.frames_per_block, cfg.latent_height, cfg.latent_width)
+    io_dtype = spec.velocity().torch_dtype
+    pool = itertools.cycle([torch.randn(shape, generator=gen, device=device, dtype=io_dtype) for _ in cfg.timesteps])
+    return lambda: next(pool)
 
 
 # -- 1. check: the timed path against float64 ----------------------------------------------------------------------
@@ -493,13 +512,12 @@ def check_path(plan: Plan) -> dict[str, Any]:
     for i, cache in stores[0].caches.items():
         stores[1].caches[i].key.copy_(cache.key)
         stores[1].caches[i].value.copy_(cache.value)
-    gen = torch.Generator(device).manual_seed(plan.seed + 6)
-    shape = (1, cfg.in_channels, f, cfg.latent_height, cfg.latent_width)
-    noise = [torch.randn(shape, generator=gen, device=device) for _ in range(len(cfg.timesteps))]
-    cycles = [itertools.cycle(noise), itertools.cycle([n.double() for n in noise])]
-    blocks = [StaticBlock(be, st, f, noise=lambda c=c: next(c)) for be, st, c in zip((fast, exact), stores, cycles)]
+    noise = noise_pool(fast.spec, device, plan.seed + 6)
+    pool = [noise() for _ in cfg.timesteps]  # one cycle of it, for the float64 run
+    exact_noise = itertools.cycle([n.double() for n in pool])
+    blocks = [StaticBlock(fast, stores[0], f, noise=noise), StaticBlock(exact, stores[1], f, exact_noise.__next__)]
     eager = {k: v.clone() for k, v in blocks[0]().items()}
-    call, _, mode = capture_or_eager(blocks[0], device)
+    call, _, mode = capture_or_eager(blocks[0], plan)
     replayed = call()
     reference = blocks[1]()
     result: dict[str, Any] = {"mode": mode, "dtype": plan.dtype}
@@ -509,14 +527,13 @@ def check_path(plan: Plan) -> dict[str, Any]:
     # the two GDN kernels alone, at the block's shapes
     t, h, d = cfg.tokens_per_block, cfg.num_heads, cfg.head_dim
     dt = StateSpec(cfg, plan.dtype).config_dtype
+    gen = torch.Generator(device).manual_seed(plan.seed + 7)
     q = F.normalize(torch.randn(1, t, h, d, generator=gen, device=device), dim=-1)
     k = F.normalize(torch.randn(1, t, h, d, generator=gen, device=device), dim=-1)
     v = torch.randn(1, t, h, d, generator=gen, device=device)
     g = 0.5 * F.logsigmoid(torch.randn(1, t, h, generator=gen, device=device) + 2.0)
     beta = 2.0 * torch.rand(1, t, h, generator=gen, device=device)
     s0 = STATE_STD * torch.randn(1, h, d, d, generator=gen, device=device)
-    from arl2rt.model.attention import memory_read
-
     result["gdn_read_rel_rms"] = rel_rms(memory_read(q.to(dt), s0), block_read(q.to(dt).double(), s0.double()))
     ref_state = gdn_state_update(k.to(dt).double(), v.to(dt).double(), g.double(), beta.double(), s0.double())
     result["gdn_write_rel_rms"] = rel_rms(gdn_state_update(k.to(dt), v.to(dt), g, beta, s0), ref_state)
@@ -539,7 +556,7 @@ def time_op(make, plan: Plan, replays: int = COMPONENT_REPLAYS) -> float:
         return [fn() for fn in fns]
 
     run_all()  # compile, plan builds
-    call, _, _ = capture_or_eager(run_all, plan.device)
+    call, _, _ = capture_or_eager(run_all, plan)
     med = quantiles(time_calls(call, replays, plan.device))[0] / len(fns)
     call.release()
     return med
@@ -572,8 +589,6 @@ def measure_components(plan: Plan) -> dict[str, Any]:
 
     def heads():
         return rnd(1, t, h, d)
-
-    from arl2rt.model.attention import memory_read
 
     def gdn_inputs():
         k = F.normalize(rnd(1, t, h, d, dtype=torch.float32), dim=-1).to(dt)
@@ -668,8 +683,8 @@ def measure_point(backend: TorchBackend, context_kv: dict, frames: int, plan: Pl
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     store = prepared_store(backend, context_kv, frames, plan.seed + frames)
-    block = StaticBlock(backend, store, frames - f)
-    call, warm, mode = capture_or_eager(block, device)
+    block = StaticBlock(backend, store, frames - f, noise=noise_pool(backend.spec, device, plan.seed + frames))
+    call, warm, mode = capture_or_eager(block, plan)
     reps = max(3, min(plan.replays, int(plan.point_budget_s / max(warm, 1e-6))))
     med, q20, q80 = quantiles(time_calls(call, reps, device))
     row = {
@@ -1233,6 +1248,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--device", help="cuda or cpu (default: cuda if present; cpu for --smoke)")
     ap.add_argument("--sdpa", default="cudnn", choices=["cudnn", "flash", "default"], help="SDPA backend priority")
+    ap.add_argument("--no-graphs", action="store_true", help="time eagerly, no CUDA graphs")
     ap.add_argument("--no-check", action="store_true", help="skip the float64 check of the timed path")
     ap.add_argument("--no-components", action="store_true", help="skip the per-component breakdown")
     ap.add_argument("--deadline-s", type=float, default=540.0, help="skip work that would end after this many seconds")

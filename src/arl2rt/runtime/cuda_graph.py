@@ -119,7 +119,8 @@ class CapturedCall:
         return self.graph is not None
 
     def capture(self, warmup: int = 1) -> list[float]:
-        """Run ``fn`` ``warmup`` times on a side stream (workspaces, autotuning, plan caches), then capture one call.
+        """Run ``fn`` ``warmup`` times, then capture one call, all on one side stream (per-stream cuBLAS/cuDNN
+        workspaces, Triton compilation and cuDNN plans are then ready before the capture starts).
 
         Returns the seconds each warm-up call took (eager timings). On a CPU device nothing is captured: the warm-up
         calls still run and are timed, and later calls stay eager.
@@ -131,10 +132,10 @@ class CapturedCall:
                 self.outputs = self.fn()
                 times.append(time.perf_counter() - start)
             return times
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
         times = []
-        with torch.cuda.stream(side):
+        with torch.cuda.stream(stream):
             for _ in range(warmup):
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
@@ -142,11 +143,10 @@ class CapturedCall:
                 end.record()
                 end.synchronize()
                 times.append(start.elapsed_time(end) / 1e3)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=stream):
             self.outputs = self.fn()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
         self.graph = graph
         return times
 

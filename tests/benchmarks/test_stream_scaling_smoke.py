@@ -1,0 +1,126 @@
+"""benchmarks/stream_scaling.py keeps working: its smoke mode end to end on the CPU, its arithmetic, its errors."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from arl2rt.export.state_spec import StateSpec
+from arl2rt.model.config import PRESETS
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "stream_scaling.py"
+GIB = 2**30
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("stream_scaling", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("stream_scaling") / "stream_scaling.md"
+    proc = _run("--smoke", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads(out.with_suffix(".json").read_text()), proc
+
+
+def test_smoke_measures_every_configuration_and_position(smoke):
+    out, result, proc = smoke
+    points = result["points"]
+    assert not [p for p in points if "error" in p]
+    got = {(p["config"], p["latent_frames"]) for p in points}
+    want = {(m, n) for m in ("baseline", "arl2-75", "arl2-50", "all-hybrid") for n in (3, 6, 9)}
+    assert got == want | {("all-hybrid", 12), ("all-hybrid", 15)}
+    assert all(p["block_ms"] > 0 and math.isfinite(p["block_ms"]) and p["replays"] >= 3 for p in points)
+    assert {p["mode"] for p in points} == {"eager"}  # no CUDA here: nothing is captured
+
+    # the caches hold exactly N frames of every softmax layer; all-hybrid's resident memory does not grow
+    tiny = PRESETS["tiny"]
+    for p in points:
+        cfg = result["configs"][p["config"]]
+        per_frame = StateSpec(tiny, "bfloat16").kv_bytes_per_frame() // len(tiny.softmax_layers)
+        softmax = tiny.num_layers - len(cfg["hybrid_layers"])
+        assert round(p["kv_cache_gib"] * GIB) == p["latent_frames"] * per_frame * softmax
+    flat = {round(p["accounted_gib"] * GIB) for p in points if p["config"] == "all-hybrid"}
+    assert len(flat) == 1
+
+    rows = list(csv.DictReader(out.with_suffix(".csv").open()))
+    assert len(rows) == len(points)
+    assert all(float(r["gemm_ms"]) > 0 and float(r["write_ms"]) >= 0 for r in rows)
+    assert {r["write_ms"] for r in rows if r["config"] == "baseline"} == {"0"}  # no hybrid layer, no GDN write
+
+
+def test_smoke_checks_the_timed_path_against_float64(smoke):
+    check = smoke[1]["check"]
+    assert "error" not in check, check
+    assert check["replay_vs_eager_max_abs"] == 0.0
+    errors = check["rel_rms_vs_float64"]
+    assert {"latents", "present_state.0", "present_key.1", "present_value.1"} <= set(errors)
+    assert max(errors.values()) < 5e-2  # bf16 weights and activations through 5 passes
+    assert check["gdn_write_rel_rms"] < 1e-5  # fp32 state update on the CPU
+    assert check["gdn_read_rel_rms"] < 1e-2  # bf16 read
+
+
+def test_smoke_complete_runs_and_report(smoke):
+    out, result, proc = smoke
+    runs = {r["config"]: r for r in result["full_runs"]}
+    assert set(runs) == {"baseline", "arl2-75", "arl2-50", "all-hybrid"}
+    assert all(r["latent_frames"] == 9 and r["video_frames"] == 33 and len(r["block_s"]) == 3 for r in runs.values())
+    md = out.read_text()
+    for heading in ("## Time and memory per block", "## Where a block's time goes", "## Complete runs"):
+        assert heading in md
+    assert "| ARL2-75 % | 0-2 | 9 |" in md
+    assert proc.stdout.startswith("# ARL2 stream scaling")
+    assert "device command: PYTHONPATH=src python3 benchmarks/stream_scaling.py --out $OUT/stream_scaling.md" in (
+        proc.stderr
+    )
+
+
+def test_compute_floor_reproduces_the_perf_anchors():
+    """perf-anchors.md §6.5: ≈202 TFLOP per block for the all-softmax model with a 21-frame window, ≈81 all-hybrid."""
+    mod = _load()
+    mixes = mod.layer_mixes(PRESETS["wan2.1-t2v-1.3b"])
+    assert mixes["arl2-75"].hybrid_layers == tuple(range(22)) and mixes["arl2-50"].hybrid_layers == tuple(range(15))
+    baseline = sum(mod.block_flops(mixes["baseline"], 21).values())
+    hybrid = sum(mod.block_flops(mixes["all-hybrid"], 21).values())
+    assert baseline == pytest.approx(202e12, rel=0.01)
+    assert hybrid == pytest.approx(81e12, rel=0.02)
+    assert sum(mod.block_flops(mixes["all-hybrid"], 1008).values()) == hybrid  # no growing cache
+
+
+def test_bad_positions_and_missing_plot_input_are_one_line_errors(tmp_path):
+    proc = _run("--positions", "20,21", "--estimate")
+    assert proc.returncode == 2
+    assert "--positions: latent-frame positions must be positive multiples of 3 (whole blocks); found [20]" in (
+        proc.stderr
+    )
+    proc = _run("--plot-from", str(tmp_path / "none.csv"))
+    assert proc.returncode == 2 and "none.csv: cannot read" in proc.stderr
+
+
+def test_plot_from_csv(smoke, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "plot.png"
+    proc = _run("--plot-from", str(smoke[0].with_suffix(".csv")), "--out", str(png))
+    assert proc.returncode == 0, proc.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
