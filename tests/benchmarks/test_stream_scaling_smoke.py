@@ -87,7 +87,7 @@ def test_smoke_complete_runs_and_report(smoke):
     assert set(runs) == {"baseline", "arl2-75", "arl2-50", "all-hybrid"}
     assert all(r["latent_frames"] == 9 and r["video_frames"] == 33 and len(r["block_s"]) == 3 for r in runs.values())
     md = out.read_text()
-    for heading in ("## Time and memory per block", "## Where a block's time goes", "## Complete runs"):
+    for heading in ("## Time and memory per block", "## Where a block's time goes", "## Whole videos (9 latent"):
         assert heading in md
     assert "| ARL2-75 % | 0-2 | 9 |" in md
     assert proc.stdout.startswith("# ARL2 stream scaling")
@@ -124,3 +124,62 @@ def test_plot_from_csv(smoke, tmp_path):
     proc = _run("--plot-from", str(smoke[0].with_suffix(".csv")), "--out", str(png))
     assert proc.returncode == 0, proc.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _point(mod, cfgs, mix, n, block_ms, peak):
+    return {
+        "config": mix,
+        "hybrid_layers": len(cfgs[mix].hybrid_layers),
+        "latent_frames": n,
+        "video_frames": 4 * n - 3,
+        "block_ms": block_ms,
+        "block_q20_ms": block_ms,
+        "block_q80_ms": block_ms,
+        "replays": 3,
+        "eager_ms": block_ms,
+        "mode": "graph",
+        "peak_gib": peak,
+        "accounted_gib": peak,
+        "kv_cache_gib": 0.0,
+        "floor_ms": mod.floor_ms(cfgs[mix], n),
+    }
+
+
+def test_headline_against_the_issue_numbers_at_real_positions():
+    """The report's comparison rows at the issue's positions (the smoke run never reaches them)."""
+    mod = _load()
+    cfgs = mod.layer_mixes(PRESETS["wan2.1-t2v-1.3b"])
+    points = [
+        _point(mod, cfgs, "baseline", 21, 400.0, 9.0),
+        _point(mod, cfgs, "baseline", 231, 3000.0, 70.0),
+        _point(mod, cfgs, "arl2-75", 21, 200.0, 6.0),
+        _point(mod, cfgs, "arl2-75", 231, 1000.0, 21.5),
+        _point(mod, cfgs, "all-hybrid", 21, 170.0, 3.00),
+        _point(mod, cfgs, "all-hybrid", 1008, 171.0, 3.04),
+    ]
+    result = {
+        "env": dict.fromkeys(("device", "driver", "python", "torch", "triton", "cuda", "cudnn", "git", "date"), "-"),
+        "plan": {"command": "c", "model": "m", "sdpa": "s", "device": "cuda", "full_frames": 252},
+        "configs": {m: c.to_dict() for m, c in cfgs.items()},
+        "check": None,
+        "components": None,
+        "points": points,
+        "full_runs": [],
+        "skipped": [],
+    }
+    rows = mod.enriched_rows(result)
+    assert rows[0]["fps"] == pytest.approx(12 / 0.4)
+    table = {row[0]: row[3:] for row in mod.headline(result, rows)}
+    speed = table["ARL2-75 % vs baseline, time per block at 231 latent frames (921 video frames)"]
+    assert speed == ("3.00× (3000 vs 1000 ms)", "yes")
+    memory = table["ARL2-75 % vs baseline, DiT peak memory at 231 latent frames"]
+    assert memory == ("−69.3% (70.0 vs 21.5 GiB)", "no")
+    floor = table["baseline: time per block at 21 latent frames / compute floor"]
+    assert floor[1] == "yes" and floor[0].startswith(f"{400 / mod.floor_ms(cfgs['baseline'], 21):.2f}×")
+    assert table["all-hybrid peak memory, 21 → 1008 latent frames"] == ("3.00–3.04 GiB (1.33 %)", "no")
+    # whole 231-frame video from the sweep: a + bN through the two points, summed over N = 3, 6, ..., 231
+    fit = sum(0.4 + (3.0 - 0.4) * (n - 21) / 210 for n in range(3, 232, 3))
+    assert mod.fit_total_s(rows, "baseline", 231, 3) == pytest.approx(fit)
+    assert mod.fit_total_s(rows, "baseline", 252, 3) is None  # never past the last position measured
+    md = mod.render_markdown(result)
+    assert "| baseline | none | 231 | 921 | **3,000.0** (3,000.0–3,000.0) |" in md
