@@ -155,6 +155,9 @@ def render(data: dict) -> str:
             "",
             "## Drift curve (drift mode): rel L2 and min cosine, worst over the block's steps and tensors",
             "",
+            "On this random-weight model the curve is flat: errors do not compound over the stream. A trained model",
+            "can behave differently; `arl2rt parity --blocks N` measures it on the real weights.",
+            "",
         ]
         header = "| block | " + " | ".join(r["candidate"] for r in drift_rows) + " |"
         lines += [header, "|---" * (len(drift_rows) + 1) + "|"]
