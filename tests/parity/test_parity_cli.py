@@ -37,8 +37,9 @@ def test_torch_float32_passes_and_prints_json(small_config):
 
 def test_zero_tolerance_fails_with_exit_1_and_names_the_first_failure(small_config):
     args = ["parity", "--config", small_config, "--backend", "torch", "--blocks", "1", "--mode", "step"]
-    res = runner.invoke(app, [*args, "--atol", "0", "--rtol", "0"])
+    res = runner.invoke(app, [*args, "--atol", "0", "--rtol", "0", "--per-step"])
     assert res.exit_code == 1
+    assert "commit_step" in res.stdout  # the per-step table
     assert "FAILED: first at step encode_context block 0 pass 0, tensor context_key.0" in " ".join(res.stdout.split())
 
 
