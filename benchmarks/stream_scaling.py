@@ -208,7 +208,6 @@ class Plan:
     components: bool
     deadline_s: float
     seed: int
-    smoke: bool
     graphs: bool = True
     no_graphs_reason: str = "--no-graphs"
     argv: list[str] = field(default_factory=list)
@@ -216,9 +215,6 @@ class Plan:
     @property
     def f(self) -> int:
         return self.base.frames_per_block
-
-    def all_positions(self) -> list[int]:
-        return sorted({n for ns in self.positions.values() for n in ns})
 
     def softmax_positions(self) -> list[int]:
         return sorted({n for m, ns in self.positions.items() for n in ns if self.configs[m].softmax_layers})
@@ -304,7 +300,6 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
         components=not args.no_components,
         deadline_s=args.deadline_s,
         seed=args.seed,
-        smoke=args.smoke,
         graphs=not args.no_graphs,
         argv=argv,
     )
@@ -848,12 +843,10 @@ def _gib(x: float | None) -> str:
     return f"{x:,.2f}" if x >= 1 else f"{x:.4g}"
 
 
-def _fmt(x: Any, digits: int = 1) -> str:
+def _fmt(x: Any) -> str:
     if x is None:
         return "-"
-    if isinstance(x, float):
-        return f"{x:,.{digits}f}"
-    return str(x)
+    return f"{x:,.1f}" if isinstance(x, float) else str(x)
 
 
 def fit_total_s(rows: list[dict], mix: str, frames: int, f: int) -> float | None:
