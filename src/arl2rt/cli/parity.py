@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
@@ -21,6 +22,7 @@ from arl2rt.runtime.generate import random_context, random_model
 app = typer.Typer()
 
 TARGETS_ON_ONNXRUNTIME = ("onnxruntime", "portable")
+_TABLE_WIDTH = 132
 
 
 @app.command()
@@ -118,17 +120,19 @@ def _fmt(x: float | str) -> str:
 
 
 def _print(result: ParityResult, per_step: bool) -> None:
+    # rich fits tables to 80 columns when stdout is no terminal and would cut the numbers short
+    tables = out if out.is_terminal else Console(width=_TABLE_WIDTH)
     for m in result.modes:
         table = Table(
-            "block", "max abs", "max rel", "peak rel", "rel L2", "min cosine", "min PSNR dB", "worst tensor", "ok",
+            "block", "max abs", "max rel", "peak rel", "rel L2", "1 - min cosine", "min PSNR dB", "worst tensor", "ok",
             title=f"{m}: {result.candidate} vs {result.reference}",
         )  # fmt: skip
         for p in result.drift(m):
             table.add_row(
-                str(p.block), _fmt(p.max_abs), _fmt(p.max_rel), _fmt(p.peak_rel), _fmt(p.rel_l2), f"{p.min_cosine:.8f}",
-                _fmt(p.min_psnr), p.worst_tensor, "[green]yes[/]" if p.passed else "[red]no[/]",
+                str(p.block), _fmt(p.max_abs), _fmt(p.max_rel), _fmt(p.peak_rel), _fmt(p.rel_l2),
+                _fmt(1 - p.min_cosine), _fmt(p.min_psnr), p.worst_tensor, "[green]yes[/]" if p.passed else "[red]no[/]",
             )  # fmt: skip
-        out.print(table)
+        tables.print(table)
     if per_step:
         table = Table("mode", "graph", "block", "pass", "worst tensor", "rel L2", "max abs", "ok", title="steps")
         for s in result.steps:
@@ -137,7 +141,7 @@ def _print(result: ParityResult, per_step: bool) -> None:
                 s.mode, s.graph, str(s.block), str(s.pass_index), name, _fmt(worst.rel_l2), _fmt(worst.max_abs),
                 "yes" if s.passed else "[red]no[/]",
             )  # fmt: skip
-        out.print(table)
+        tables.print(table)
     failure = result.first_failure()
     if failure is None:
         out.print(f"[bold green]PASSED[/]: {len(result.steps)} steps within tolerance over {result.blocks} blocks")
