@@ -209,6 +209,7 @@ class Plan:
     deadline_s: float
     seed: int
     graphs: bool = True
+    git_ref: str | None = None
     no_graphs_reason: str = "--no-graphs"
     argv: list[str] = field(default_factory=list)
 
@@ -244,8 +245,25 @@ class Plan:
         builds = EST_PLAN_BUILD_S * blocks if cfg.softmax_layers else 0.0
         return EST_BUILD_S + builds + 1.1 * sum(est_block_s(cfg, (j + 1) * self.f) for j in range(blocks))
 
+    def device_argv(self) -> list[str]:
+        """This run's options for the device: without what is local to this call (output, commit stamp, device,
+        estimate/smoke mode), stamped with this checkout's commit (the device copy has no .git)."""
+        keep, skip = [], False
+        for arg in self.argv:
+            if skip:
+                skip = False
+            elif arg in ("--out", "--git-ref", "--device"):
+                skip = True
+            elif arg not in ("--estimate", "--smoke") and not arg.startswith(("--out=", "--git-ref=", "--device=")):
+                keep.append(arg)
+        ref = _run(["git", "rev-parse", "--short", "HEAD"])
+        return keep + (["--git-ref", ref] if ref else [])
+
     def device_command(self) -> str:
-        return "PYTHONPATH=src python3 benchmarks/stream_scaling.py --out $OUT/stream_scaling.md"
+        args = " ".join(self.device_argv())
+        return f"PYTHONPATH=src python3 benchmarks/stream_scaling.py {args} --out $OUT/stream_scaling.md".replace(
+            "  ", " "
+        )
 
 
 def parse_positions(text: str, f: int, what: str) -> list[int]:
@@ -273,6 +291,8 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
     if unknown:
         raise Arl2rtError(f"--configs: unknown {unknown}; expected a subset of {list(MIXES)}")
     common = parse_positions(positions, f, "--positions")
+    if not common:
+        raise Arl2rtError("--positions: expected at least one latent-frame position")
     more = parse_positions(extra, f, "--hybrid-extra-positions") if extra else []
     limit = base.rope_max_positions
     if max(common + more) > limit:
@@ -301,6 +321,7 @@ def make_plan(args: argparse.Namespace, argv: list[str]) -> Plan:
         deadline_s=args.deadline_s,
         seed=args.seed,
         graphs=not args.no_graphs,
+        git_ref=args.git_ref,
         argv=argv,
     )
     return plan
@@ -316,14 +337,14 @@ def _run(cmd: list[str]) -> str:
         return ""
 
 
-def environment(device: torch.device) -> dict[str, Any]:
+def environment(device: torch.device, git_ref: str | None) -> dict[str, Any]:
     env: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "git": _run(["git", "rev-parse", "--short", "HEAD"]) or "unknown (no git here)",
+        "git": git_ref or _run(["git", "rev-parse", "--short", "HEAD"]) or "unknown (no git here, no --git-ref)",
         "host_cpu": platform.processor() or platform.machine(),
     }
     try:
@@ -1242,7 +1263,8 @@ def describe(plan: Plan) -> dict[str, Any]:
     }
 
 
-def print_plan(plan: Plan) -> float:
+def print_plan(plan: Plan, smoke: bool) -> float:
+    """The plan and its estimated cost; then the device command (for --smoke: the full run's, with its estimate)."""
     est = plan.estimate()
     total = sum(est.values())
     log("plan:", json.dumps({m: ns for m, ns in plan.positions.items()}), f"complete runs: {plan.full_configs}")
@@ -1252,7 +1274,11 @@ def print_plan(plan: Plan) -> float:
         late = "  <- past --deadline-s: expect it skipped or cut" if clock > plan.deadline_s + EST_START_S else ""
         log(f"  estimate {part:<28} {s:7.0f} s{late}")
     log(f"  estimate {'total':<28} {total:7.0f} s ({total / 60:.1f} min; device-call limit {DEVICE_CALL_LIMIT_S} s)")
-    log(f"device command: {plan.device_command()}   (run with timeout_s={DEVICE_CALL_LIMIT_S})")
+    command, device_total = plan.device_command(), total
+    if smoke:  # the command drops --smoke: estimate the run it stands for
+        device_argv = plan.device_argv()
+        device_total = sum(make_plan(parse_args(device_argv), device_argv).estimate().values())
+    log(f"device command: {command}   (about {device_total / 60:.1f} min; run with timeout_s={DEVICE_CALL_LIMIT_S})")
     return total
 
 
@@ -1282,6 +1308,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--no-components", action="store_true", help="skip the per-component breakdown")
     ap.add_argument("--deadline-s", type=float, default=540.0, help="skip work that would end after this many seconds")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--git-ref", help="commit recorded in the report where the tree has no .git (the device copy)")
     return ap.parse_args(argv)
 
 
@@ -1294,7 +1321,7 @@ def main(argv: list[str] | None = None) -> int:
             plot_from_csv(args.plot_from, args.out or args.plot_from.with_suffix(".png"))
             return 0
         plan = make_plan(args, argv)
-        print_plan(plan)
+        print_plan(plan, args.smoke)
         if args.estimate:
             return 0
         if args.out is None:
@@ -1311,7 +1338,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(plan: Plan, out: Outputs, started: float) -> int:
     result: dict[str, Any] = {
-        "env": environment(plan.device),
+        "env": environment(plan.device, plan.git_ref),
         "plan": describe(plan),
         "estimate_s": plan.estimate(),
         "configs": {m: c.to_dict() for m, c in plan.configs.items()},
