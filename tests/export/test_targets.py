@@ -3,14 +3,18 @@ passes the checker, carries exact plugin nodes and computes the same with a refe
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 import torch
 from export_helpers import MICRO, GdnStateUpdateRef, op_types, rel_err, run_ort, to_proto
 from onnx.reference import ReferenceEvaluator
 
 from arl2rt.errors import Arl2rtError
+from arl2rt.export.onnx_export import export_graph
 from arl2rt.export.state_spec import GRAPHS, StateSpec
 from arl2rt.export.steps import step_modules
 from arl2rt.export.targets import TENSORRT_FORBIDDEN, apply_target, get_target
@@ -26,7 +30,7 @@ def _feeds(spec: StateSpec, graph: str, past_len: int, seed: int) -> dict[str, t
     return {
         s.name: torch.tensor(offset)
         if s.dtype == "int64"
-        else torch.randn(s.resolve(batch=2, past_len=past_len), generator=gen)
+        else torch.randn(s.resolve(batch=2, past_len=past_len), generator=gen).to(s.torch_dtype)
         for s in spec.inputs(graph)
     }
 
@@ -85,3 +89,41 @@ def test_opsets_outside_a_targets_range_are_refused():
         get_target("tensorrt").resolve_opset(23)
     with pytest.raises(Arl2rtError, match="unknown target 'tvm'"):
         get_target("tvm")
+
+
+@pytest.fixture(scope="module")
+def half_commit_steps(micro_model) -> dict[str, bytes]:
+    """commit_step exported with float16 and with bfloat16 activations (GDN states stay float32)."""
+    exported = {}
+    for dtype in ("float16", "bfloat16"):
+        spec = StateSpec(MICRO, dtype)
+        model = copy.deepcopy(micro_model).to(spec.config_dtype)
+        exported[dtype] = ir.serde.serialize_model(export_graph(model, spec, "commit_step")).SerializeToString()
+    return exported
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("target", ["onnxruntime", "portable", "tensorrt"])
+def test_16_bit_activations_give_valid_graphs_with_float32_states(half_commit_steps, micro_model, dtype, target):
+    spec = StateSpec(MICRO, dtype)
+    model = ir.serde.deserialize_model(onnx.load_from_string(half_commit_steps[dtype]))
+    counts = apply_target(model, spec, "commit_step", target)
+    assert (counts["LegalizeTypesPass"] > 0) == (dtype == "bfloat16")  # bfloat16 Einsum (and Conv below opset 22)
+    proto = to_proto(model)
+    onnx.checker.check_model(proto, full_check=True)
+    states = [o for o in proto.graph.output if o.name.startswith("present_state")]
+    assert states and all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in states)
+    if dtype == "bfloat16" or target == "tensorrt":
+        return  # onnxruntime's CPU provider has no bfloat16 MatMul; the plugin needs TensorRT
+    feeds = _feeds(spec, "commit_step", PAST_LENS[1], seed=3)
+    got = run_ort(proto, {k: v.numpy() for k, v in feeds.items()})
+    want = _torch_outputs(
+        micro_model,
+        StateSpec(MICRO),
+        "commit_step",
+        {k: v.float() if v.is_floating_point() else v for k, v in feeds.items()},
+    )
+    for g, w in zip(got, want):
+        g = g.astype(np.float64).ravel()
+        assert np.isfinite(g).all()
+        assert g @ w.ravel() / (np.linalg.norm(g) * np.linalg.norm(w)) >= 0.999

@@ -72,9 +72,10 @@ def export_graph(model: CausalDiT, spec: StateSpec, graph: str) -> ir.Model:
     dynamic = tuple(_dynamic_dims(s, dims) for s in inputs)
     # ``forward(*args)`` takes one variadic argument: its dynamic shapes are one tuple, one entry per tensor.
     dynamic_shapes = (dynamic,) if graph != "encode_context" else dynamic
-    # The exporter prints its progress and warns about unused axis names; keep stdout for our results.
+    # The exporter prints its progress and warns that our axis names are shared; keep stdout for our results.
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.filterwarnings("ignore", message="# The axis name")
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec")
         program = torch.onnx.export(
             module,
             args,

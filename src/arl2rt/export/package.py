@@ -257,8 +257,8 @@ def export_package(
     out_dir = Path(out_dir)
     _prepare_out_dir(out_dir, overwrite)
     spec = StateSpec(model.cfg, dtype)
-    if model.dtype != spec.config_dtype:  # never convert the caller's model in place
-        model = copy.deepcopy(model).to(spec.config_dtype)
+    if model.dtype != spec.config_dtype or model.patch_embedding.weight.device.type != "cpu":
+        model = copy.deepcopy(model).to("cpu", spec.config_dtype)  # export traces on the CPU; never touch the caller's
     model = model.eval()
     register_onnx_schema()
     total = 2 * len(GRAPHS) + 2
