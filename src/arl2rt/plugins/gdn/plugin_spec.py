@@ -144,7 +144,65 @@ GDN_PLUGIN = PluginSpec(
 )
 
 
-def register_onnx_schema(spec: PluginSpec = GDN_PLUGIN) -> None:
-    """Register ``spec``'s ONNX schema once per process (emitting and checking the node need it)."""
-    if not defs.has(spec.name, spec.namespace):
-        defs.register_schema(spec.onnx_schema())
+# The same update as one Triton kernel per node, for TensorRT's AOT plugins (``aot_impl``: PTX in the engine, no Python
+# at run time). Tensor names are the kernels' argument names (:mod:`arl2rt.plugins.gdn.aot`), in TensorRT's argument
+# order: inputs, then (extra ints, which are not tensors), then outputs. W, U and the gate prefix sums are padded to
+# whole chunks of 64 tokens; ``gdn_scan`` writes the new state itself when it runs as one segment, else the segment
+# buffer that ``gdn_combine`` reduces.
+GDN_PREP_PLUGIN = PluginSpec(
+    name="gdn_prep",
+    namespace=OP_NAMESPACE,
+    version="1",
+    inputs=tuple(PluginTensor(n, t.layout, t.dtypes) for n, t in zip(("k", "v", "g", "beta"), GDN_PLUGIN.inputs)),
+    outputs=(
+        PluginTensor("w", "[B, H, T padded to 64, K], in the key dtype", _ACT),
+        PluginTensor("u", "[B, H, T padded to 64, V], in the key dtype", _ACT),
+        PluginTensor("gc", "[B, H, T padded to 64], per-chunk prefix sums of the log decay", ("float32",)),
+    ),
+    fields=(),
+)
+GDN_SCAN_PLUGIN = PluginSpec(
+    name="gdn_scan",
+    namespace=OP_NAMESPACE,
+    version="1",
+    inputs=(
+        PluginTensor("k", GDN_PLUGIN.inputs[0].layout, _ACT),
+        *GDN_PREP_PLUGIN.outputs,
+        PluginTensor("s0", GDN_PLUGIN.inputs[4].layout, ("float32",)),
+    ),
+    outputs=(
+        PluginTensor(
+            "dst",
+            "one segment: [B, H, K, V], the new state; S segments: [B, H, S, K, V + K] for gdn_combine",
+            ("float32",),
+        ),
+    ),
+    fields=(),
+)
+GDN_COMBINE_PLUGIN = PluginSpec(
+    name="gdn_combine",
+    namespace=OP_NAMESPACE,
+    version="1",
+    inputs=(
+        PluginTensor("seg", "[B, H, S, K, V + K], each segment's state contribution and transition", ("float32",)),
+    ),
+    outputs=(PluginTensor("out", "[B, H, K, V], the state after all T tokens", ("float32",)),),
+    fields=(
+        PluginField(
+            "input_dtype",
+            str,
+            "float32",
+            "key/value dtype of the update (float32, float16 or bfloat16): sets the precision of the fp32 products",
+        ),
+    ),
+)
+AOT_STAGE_PLUGINS = (GDN_PREP_PLUGIN, GDN_SCAN_PLUGIN, GDN_COMBINE_PLUGIN)
+ALL_PLUGINS = (GDN_PLUGIN, *AOT_STAGE_PLUGINS)
+
+
+def register_onnx_schema(*specs: PluginSpec) -> None:
+    """Register the ONNX schemas of ``specs`` (default: every arl2 plugin) once per process (emitting and checking
+    the nodes need them)."""
+    for spec in specs or ALL_PLUGINS:
+        if not defs.has(spec.name, spec.namespace):
+            defs.register_schema(spec.onnx_schema())
