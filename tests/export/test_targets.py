@@ -64,7 +64,7 @@ def test_onnxruntime_runs_the_target_like_the_torch_step(micro_model, micro_grap
 def test_tensorrt_graph_has_exact_plugin_nodes_and_computes_the_same(micro_model, micro_graphs):
     spec = StateSpec(MICRO)
     model = micro_graphs["commit_step"]
-    counts = apply_target(model, spec, "commit_step", "tensorrt")
+    counts = apply_target(model, spec, "commit_step", "tensorrt", plugin_mode="jit")
     assert counts["GdnToPluginPass"] == len(MICRO.hybrid_layers)
     proto = to_proto(model)
     onnx.checker.check_model(proto, full_check=True)

@@ -40,6 +40,13 @@ def export(
     opset: Annotated[
         int | None, typer.Option(help="Default-domain opset (default: 27 for onnxruntime, 18 for tensorrt/portable).")
     ] = None,
+    trt_plugin: Annotated[
+        str | None,
+        typer.Option(
+            help="tensorrt target: aot (default; one kernel per plugin node, engines run without Python) or jit "
+            "(one gdn_state_update node; its kernels run through Python)."
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a package already at OUTPUT.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -59,6 +66,7 @@ def export(
             target=target,
             dtype=dtype,
             opset=opset,
+            trt_plugin=trt_plugin,
             progress=progress,
             overwrite=overwrite,
         )
@@ -70,6 +78,7 @@ def export(
         "target": package.target,
         "dtype": package.spec.dtype,
         "opset": package.opset,
+        "trt_plugin": package.plugin_mode,
         "seconds": round(seconds, 1),
         "bytes": package.nbytes,
         "files": {name: entry["bytes"] for name, entry in files.items()},

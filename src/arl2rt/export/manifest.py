@@ -14,7 +14,7 @@ from pathlib import Path
 from arl2rt import __version__
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import GRAPHS, StateSpec
-from arl2rt.plugins.gdn.plugin_spec import GDN_PLUGIN
+from arl2rt.plugins.gdn.plugin_spec import PluginSpec
 
 FORMAT = "arl2rt-package"
 FORMAT_VERSION = 1
@@ -65,8 +65,11 @@ def build_manifest(
     passes: dict[str, dict[str, int]],
     root: Path,
     files: list[str],
+    plugin_mode: str | None = None,
+    plugins: tuple[PluginSpec, ...] = (),
 ) -> dict:
-    """The manifest of a package whose ``files`` (relative to ``root``) are all written."""
+    """The manifest of a package whose ``files`` (relative to ``root``) are all written; ``plugins``: those whose
+    nodes the graphs carry, in ``plugin_mode`` (tensorrt: ``aot`` or ``jit``)."""
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -83,14 +86,17 @@ def build_manifest(
         "files": {f: {"bytes": (root / f).stat().st_size, "sha256": sha256_file(root / f)} for f in sorted(files)},
         "exporter": {"method": "torch.onnx.export(dynamo=True)", "versions": _versions()},
     }
-    if target == "tensorrt":
+    if plugin_mode is not None:
+        manifest["trt_plugin"] = plugin_mode
+    if plugins:
         manifest["plugins"] = [
             {
-                "name": GDN_PLUGIN.name,
-                "namespace": GDN_PLUGIN.namespace,
-                "version": GDN_PLUGIN.version,
-                "fields": {f.name: f.type.__name__ for f in GDN_PLUGIN.fields},
+                "name": p.name,
+                "namespace": p.namespace,
+                "version": p.version,
+                "fields": {f.name: f.type.__name__ for f in p.fields},
             }
+            for p in plugins
         ]
     return manifest
 

@@ -3,8 +3,8 @@
 ``export_package`` traces the model once per graph, runs the target's passes, writes everything to a temporary
 directory beside ``out_dir`` and renames it into place only when complete, so a failed export leaves nothing behind
 and never touches an existing package. ``ModelPackage.load`` checks the manifest, the files' sizes and hashes, and that
-every graph's inputs and outputs are exactly the StateSpec's; each failure names the file or tensor, the expected and
-the found.
+every graph's inputs and outputs are exactly the StateSpec's, and (tensorrt) that every plugin node is exactly a node of
+a plugin of the package's plugin mode; each failure names the file or tensor, the expected and the found.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from arl2rt.export.external_data import SharedWeights
 from arl2rt.export.manifest import build_manifest, check_manifest, sha256_file
 from arl2rt.export.onnx_export import EXPORT_DTYPES, EXPORT_OPSET, export_graph
 from arl2rt.export.state_spec import GRAPHS, PAST_LEN, StateSpec, TensorSpec
-from arl2rt.export.targets import apply_target, get_target
+from arl2rt.export.targets import TRT_PLUGIN_MODES, apply_target, get_target
 from arl2rt.model.config import ModelConfig
 from arl2rt.model.dit import CausalDiT
 from arl2rt.plugins.gdn.plugin_spec import register_onnx_schema
@@ -60,6 +60,7 @@ class ModelPackage:
     spec: StateSpec
     target: str
     opset: int
+    plugin_mode: str | None = None  # tensorrt: "aot" (stage plugins) or "jit" (one node); None: no plugins
 
     def graph_path(self, graph: str) -> Path:
         if graph not in GRAPH_FILES:
@@ -141,6 +142,12 @@ class ModelPackage:
         manifest = check_manifest(data, source, GRAPH_FILES)
         config = ModelConfig.from_dict(manifest["config"], source=f"{source} (config)")
         target = get_target(manifest["target"]).name
+        plugin_mode = manifest.get("trt_plugin", "jit" if target == "tensorrt" else None)  # older packages: jit
+        if plugin_mode not in (tuple(TRT_PLUGIN_MODES) if target == "tensorrt" else (None,)):
+            raise Arl2rtError(
+                f"{source}: trt_plugin expected one of {sorted(TRT_PLUGIN_MODES)} for target tensorrt and absent "
+                f"otherwise, found {plugin_mode!r} for target {target}"
+            )
         spec = StateSpec(config, manifest["dtype"])
         if manifest["state_spec"] != json.loads(spec.to_json()):
             raise Arl2rtError(
@@ -152,7 +159,7 @@ class ModelPackage:
                 f"{source}: tokens_per_block expected {config.tokens_per_block} (from config), "
                 f"found {manifest['tokens_per_block']}"
             )
-        package = cls(root, manifest, config, spec, target, manifest["opset"])
+        package = cls(root, manifest, config, spec, target, manifest["opset"], plugin_mode)
         package._check_files(verify)
         if verify:
             for graph in GRAPHS:
@@ -174,9 +181,11 @@ class ModelPackage:
                 raise Arl2rtError(f"{path}: expected sha256 {entry['sha256']}, found {digest} (modified?)")
 
     def check_graph(self, graph: str) -> None:
-        """Raise unless the graph's inputs and outputs are the StateSpec's, name for name, dtype and shape."""
+        """Raise unless the graph's inputs and outputs are the StateSpec's, name for name, dtype and shape, and each
+        custom node is exactly a node of one of the package's plugins (attributes as its spec declares)."""
         path = self.graph_path(graph)
         proto = _load_proto(path)
+        self._check_plugin_nodes(path, proto)
         for kind, values, specs in (
             ("input", proto.graph.input, self.spec.inputs(graph)),
             ("output", proto.graph.output, self.spec.outputs(graph)),
@@ -192,6 +201,22 @@ class ModelPackage:
                 )
             for value, spec in zip(values, specs):
                 _check_value(path, kind, value, spec)
+
+    def _check_plugin_nodes(self, path: Path, proto: onnx.ModelProto) -> None:
+        plugins = {(p.namespace, p.name): p for p in TRT_PLUGIN_MODES.get(self.plugin_mode or "", ())}
+        for node in proto.graph.node:
+            if node.domain in ("", "ai.onnx"):
+                continue
+            plugin = plugins.get((node.domain, node.op_type))
+            if plugin is None:
+                raise Arl2rtError(
+                    f"{path}: node {node.name or '?'} is {node.domain}::{node.op_type}; expected standard ops"
+                    + (f" or the plugins {sorted(p.qualified_name for p in plugins.values())}" if plugins else "")
+                    + f" (target {self.target}, plugin mode {self.plugin_mode})"
+                )
+            problems = plugin.node_problems(node)
+            if problems:
+                raise Arl2rtError(f"{path}: " + "; ".join(problems))
 
 
 def _load_proto(path: Path) -> onnx.ModelProto:
@@ -242,16 +267,21 @@ def export_package(
     target: str = "onnxruntime",
     dtype: str = "float32",
     opset: int | None = None,
+    trt_plugin: str | None = None,
     progress: Progress | None = None,
     overwrite: bool = False,
 ) -> ModelPackage:
     """Export ``model`` as a package for ``target`` with ``dtype`` activations (states stay fp32).
+
+    ``trt_plugin`` (target tensorrt only): ``aot`` (default; one kernel per plugin node, engines run without Python)
+    or ``jit`` (one ``arl2::gdn_state_update`` node per GDN write).
 
     Weights of at least 1 KiB go to one shared ``weights.bin``. ``progress(done, total, stage)`` is called before each
     stage. Returns the loaded package; on any failure nothing is left at ``out_dir`` that was not there before.
     """
     tgt = get_target(target)
     opset = tgt.resolve_opset(opset)
+    plugin_mode = tgt.resolve_plugin_mode(trt_plugin)
     if dtype not in EXPORT_DTYPES:
         raise Arl2rtError(f"export dtype {dtype!r}: expected one of {list(EXPORT_DTYPES)}")
     out_dir = Path(out_dir)
@@ -273,7 +303,7 @@ def export_package(
                 report(2 * i, total, f"trace {graph}")
                 onnx_model = export_graph(model, spec, graph)
                 report(2 * i + 1, total, f"{target} passes, write {graph}")
-                passes[graph] = apply_target(onnx_model, spec, graph, target, opset)
+                passes[graph] = apply_target(onnx_model, spec, graph, target, opset, plugin_mode)
                 weights.externalize(onnx_model)
                 ir.save(onnx_model, tmp / GRAPH_FILES[graph])
                 del onnx_model
@@ -296,6 +326,8 @@ def export_package(
             passes=passes,
             root=tmp,
             files=files,
+            plugin_mode=plugin_mode,
+            plugins=tgt.plugins(plugin_mode),
         )
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         _install(tmp, out_dir)

@@ -3,12 +3,15 @@
 | target        | the GDN write becomes                                          | opset: default, allowed |
 |---------------|----------------------------------------------------------------|-------------------------|
 | `onnxruntime` | standard ``LinearAttention`` (``update_rule="gated_delta"``)   | 27, 27..28              |
-| `tensorrt`    | our plugin's node (``arl2::gdn_state_update`` + its attributes) | 18, 18..21              |
+| `tensorrt`    | our plugins' nodes: AOT stages (default) or the JIT node        | 18, 18..21              |
 | `portable`    | standard ops only (chunked, no loop)                           | 18, 18..21              |
 
 Every pipeline starts by conforming graph I/O to the StateSpec and ends with type legalisation (16-bit types an op
 does not take at the opset), cleanup and a check of the ops the target's runtime parses. :func:`apply_target`
-returns how often each pass fired; the manifest records it.
+returns how often each pass fired; the manifest records it. Only ``tensorrt`` has plugin modes (``trt_plugin``):
+``aot``, ``arl2::gdn_prep`` → ``gdn_scan`` [→ ``gdn_combine``] (one kernel per node; the engine embeds the PTX and
+runs without Python), or ``jit``, one ``arl2::gdn_state_update`` node (its Triton kernels run through Python when the
+engine runs).
 """
 
 from __future__ import annotations
@@ -23,17 +26,20 @@ from arl2rt.errors import Arl2rtError
 from arl2rt.export.onnx_export import EXPORT_OPSET
 from arl2rt.export.passes.check_ops import CheckOpsPass
 from arl2rt.export.passes.gdn_decompose import GdnDecomposePass
+from arl2rt.export.passes.gdn_to_aot_stages import GdnToAotStagesPass
 from arl2rt.export.passes.gdn_to_linear_attention import LINEAR_ATTENTION_OPSET, GdnToLinearAttentionPass
 from arl2rt.export.passes.gdn_to_plugin import GdnToPluginPass
 from arl2rt.export.passes.legalize_types import LegalizeTypesPass
 from arl2rt.export.passes.raise_opset import RaiseOpsetPass
 from arl2rt.export.passes.state_io import StateIOPass
 from arl2rt.export.state_spec import StateSpec
-from arl2rt.plugins.gdn.plugin_spec import GDN_PLUGIN
+from arl2rt.plugins.gdn.plugin_spec import AOT_STAGE_PLUGINS, GDN_PLUGIN, PluginSpec
 
 # Opset-23+ ops TensorRT cannot build as we need them (shared/research/export-notes.md §3).
 TENSORRT_FORBIDDEN = ("Attention", "RMSNormalization")
 MAX_ONNX_OPSET = 28  # the newest default-domain opset onnx 1.23 knows
+# tensorrt plugin mode -> the plugins its graphs use
+TRT_PLUGIN_MODES: dict[str, tuple[PluginSpec, ...]] = {"aot": AOT_STAGE_PLUGINS, "jit": (GDN_PLUGIN,)}
 
 
 @dataclass(frozen=True)
@@ -43,8 +49,21 @@ class Target:
     default_opset: int
     max_opset: int
     min_opset: int
-    rewrite: Callable[[], list[ir.passes.PassBase]]
-    check: Callable[[int], CheckOpsPass]
+    rewrite: Callable[[str | None], list[ir.passes.PassBase]]  # plugin mode -> passes
+    check: Callable[[int, str | None], CheckOpsPass]  # (opset, plugin mode) -> check
+    plugin_modes: tuple[str, ...] = ()  # the first is the default
+
+    def resolve_plugin_mode(self, mode: str | None) -> str | None:
+        if mode is None:
+            return self.plugin_modes[0] if self.plugin_modes else None
+        if mode not in self.plugin_modes:
+            expected = list(self.plugin_modes) or "none (only the tensorrt target has plugin modes)"
+            raise Arl2rtError(f"target {self.name}: plugin mode {mode!r} not supported; expected {expected}")
+        return mode
+
+    def plugins(self, mode: str | None) -> tuple[PluginSpec, ...]:
+        """The plugins whose nodes this target's graphs carry in plugin ``mode``."""
+        return TRT_PLUGIN_MODES[mode] if mode is not None else ()
 
     def resolve_opset(self, opset: int | None) -> int:
         if opset is None:
@@ -55,15 +74,17 @@ class Target:
             )
         return opset
 
-    def passes(self, spec: StateSpec, graph: str, opset: int) -> list[ir.passes.PassBase]:
+    def passes(
+        self, spec: StateSpec, graph: str, opset: int, plugin_mode: str | None = None
+    ) -> list[ir.passes.PassBase]:
         return [
             StateIOPass(spec, graph),
             RaiseOpsetPass(opset),
-            *self.rewrite(),
+            *self.rewrite(plugin_mode),
             LegalizeTypesPass(),
             RemoveUnusedNodesPass(),
             RemoveUnusedOpsetsPass(),
-            self.check(opset),
+            self.check(opset, plugin_mode),
         ]
 
 
@@ -74,17 +95,21 @@ TARGETS: dict[str, Target] = {
         LINEAR_ATTENTION_OPSET,
         MAX_ONNX_OPSET,
         LINEAR_ATTENTION_OPSET,
-        lambda: [GdnToLinearAttentionPass()],
-        lambda opset: CheckOpsPass("onnxruntime", max_opset=opset),
+        lambda mode: [GdnToLinearAttentionPass()],
+        lambda opset, mode: CheckOpsPass("onnxruntime", max_opset=opset),
     ),
     "tensorrt": Target(
         "tensorrt",
-        f"GDN write as the TensorRT plugin node {GDN_PLUGIN.qualified_name} v{GDN_PLUGIN.version}; opset <= 21",
+        "GDN write as TensorRT plugin nodes: AOT stages "
+        f"{' -> '.join(p.qualified_name for p in AOT_STAGE_PLUGINS)} (default) or JIT {GDN_PLUGIN.qualified_name}",
         EXPORT_OPSET,
         21,
         EXPORT_OPSET,
-        lambda: [GdnToPluginPass()],
-        lambda opset: CheckOpsPass("tensorrt", max_opset=21, forbidden_ops=TENSORRT_FORBIDDEN, plugins=[GDN_PLUGIN]),
+        lambda mode: [GdnToAotStagesPass() if mode == "aot" else GdnToPluginPass()],
+        lambda opset, mode: CheckOpsPass(
+            "tensorrt", max_opset=21, forbidden_ops=TENSORRT_FORBIDDEN, plugins=TRT_PLUGIN_MODES[mode]
+        ),
+        tuple(TRT_PLUGIN_MODES),
     ),
     "portable": Target(
         "portable",
@@ -92,8 +117,8 @@ TARGETS: dict[str, Target] = {
         EXPORT_OPSET,
         21,
         EXPORT_OPSET,
-        lambda: [GdnDecomposePass()],
-        lambda opset: CheckOpsPass("portable", max_opset=21, forbidden_ops=TENSORRT_FORBIDDEN),
+        lambda mode: [GdnDecomposePass()],
+        lambda opset, mode: CheckOpsPass("portable", max_opset=21, forbidden_ops=TENSORRT_FORBIDDEN),
     ),
 }
 
@@ -105,11 +130,19 @@ def get_target(name: str) -> Target:
         raise Arl2rtError(f"unknown target {name!r}; expected one of {sorted(TARGETS)}") from None
 
 
-def apply_target(model: ir.Model, spec: StateSpec, graph: str, target: str, opset: int | None = None) -> dict[str, int]:
-    """Run ``target``'s passes on ``model`` (in place); returns pass name -> times it fired."""
+def apply_target(
+    model: ir.Model,
+    spec: StateSpec,
+    graph: str,
+    target: str,
+    opset: int | None = None,
+    plugin_mode: str | None = None,
+) -> dict[str, int]:
+    """Run ``target``'s passes on ``model`` (in place); returns pass name -> times it fired. ``plugin_mode``: see
+    :data:`TRT_PLUGIN_MODES` (None: the target's default)."""
     tgt = get_target(target)
     counts: dict[str, int] = {}
-    for p in tgt.passes(spec, graph, tgt.resolve_opset(opset)):
+    for p in tgt.passes(spec, graph, tgt.resolve_opset(opset), tgt.resolve_plugin_mode(plugin_mode)):
         result = p(model)
         counts[type(p).__name__] = getattr(result, "count", int(result.modified))
     return counts

@@ -10,7 +10,8 @@
   graph that uses them passes W, U, the gate prefix sums and the segment results between the nodes as ordinary
   tensors (:func:`arl2rt.plugins.gdn.aot.stage_tensor_shapes`); ``gdn_scan`` writes the new state itself when it runs
   as one segment (a dynamic token count), else ``gdn_combine`` (string attribute ``input_dtype``: the key/value
-  dtype) does. The exporter does not emit these nodes yet (its ``tensorrt`` target writes ``gdn_state_update``).
+  dtype) does. Names, versions and attributes are :data:`~arl2rt.plugins.gdn.plugin_spec.AOT_STAGE_PLUGINS`, the
+  declaration the exporter's ``tensorrt`` target (default ``--trt-plugin aot``) writes these nodes from.
 
 Everything but the wrapping lives in :mod:`arl2rt.plugins.gdn.aot`, which imports no TensorRT and is tested in CI and
 on the H200 (``tools/check_trt_plugin_aot.py``). This module itself has never run: TensorRT cannot be installed on
@@ -35,17 +36,24 @@ from arl2rt.plugins.gdn.aot import (
     stage_tensor_shapes,
 )
 from arl2rt.plugins.gdn.chunk import CHUNK
-from arl2rt.plugins.gdn.plugin_spec import GDN_PLUGIN
+from arl2rt.plugins.gdn.plugin_spec import GDN_COMBINE_PLUGIN, GDN_PLUGIN, GDN_PREP_PLUGIN, GDN_SCAN_PLUGIN
 from arl2rt.runtime.trt.build import in_place_state
 
 IN_PLACE_STATE = in_place_state()  # read once: the plugin descriptions must not change within a process
 _TORCH = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16}
-_DTYPE_NAMES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+_DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _NS = GDN_PLUGIN.namespace
-if [f.name for f in GDN_PLUGIN.fields] != ["chunk_size"]:
-    raise Arl2rtError(
-        f"{__name__}: written for plugin fields ['chunk_size'], found {[f.name for f in GDN_PLUGIN.fields]}"
-    )
+# the functions below take each spec's fields as keyword arguments: they must agree with the declarations
+for _spec, _fields in (
+    (GDN_PLUGIN, ["chunk_size"]),
+    (GDN_PREP_PLUGIN, []),
+    (GDN_SCAN_PLUGIN, []),
+    (GDN_COMBINE_PLUGIN, ["input_dtype"]),
+):
+    if [f.name for f in _spec.fields] != _fields:
+        raise Arl2rtError(
+            f"{__name__}: {_spec.qualified_name} written for fields {_fields}, found {[f.name for f in _spec.fields]}"
+        )
 
 
 def _constant(expr, what: str) -> int:
@@ -127,7 +135,7 @@ def _run_stage(plugin: str, k, v_dim: int, tensors: dict, stream: int) -> None:
     run_stage_jit(stage, {n: x.data_ptr for n, x in tensors.items()}, b, t, stream)
 
 
-@trtp.register(f"{_NS}::gdn_prep")
+@trtp.register(GDN_PREP_PLUGIN.qualified_name)
 def _prep_desc(
     k: trtp.TensorDesc, v: trtp.TensorDesc, g: trtp.TensorDesc, beta: trtp.TensorDesc
 ) -> Tuple[trtp.TensorDesc, trtp.TensorDesc, trtp.TensorDesc]:  # noqa: UP006
@@ -138,7 +146,7 @@ def _prep_desc(
     return tuple(trtp.from_shape_expr(shapes[n], dtype=dtypes[n]) for n in ("w", "u", "gc"))
 
 
-@trtp.autotune(f"{_NS}::gdn_prep")
+@trtp.autotune(GDN_PREP_PLUGIN.qualified_name)
 def _prep_autotune(k, v, g, beta, outputs) -> List[trtp.AutoTuneCombination]:  # noqa: UP006
     # W and U are stored in the key/value dtype; gates, prefix sums fp32
     return [
@@ -146,20 +154,20 @@ def _prep_autotune(k, v, g, beta, outputs) -> List[trtp.AutoTuneCombination]:  #
     ]
 
 
-@trtp.aot_impl(f"{_NS}::gdn_prep")
+@trtp.aot_impl(GDN_PREP_PLUGIN.qualified_name)
 def _prep_aot(
     k: trtp.TensorDesc, v: trtp.TensorDesc, g: trtp.TensorDesc, beta: trtp.TensorDesc, outputs, tactic: int
 ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:  # noqa: UP006, UP007
     return _aot_result("gdn_prep", k, v.shape_expr[3])
 
 
-@trtp.impl(f"{_NS}::gdn_prep")
+@trtp.impl(GDN_PREP_PLUGIN.qualified_name)
 def _prep_impl(k, v, g, beta, outputs, stream: int) -> None:
     tensors = {"k": k, "v": v, "g": g, "beta": beta, "w": outputs[0], "u": outputs[1], "gc": outputs[2]}
     _run_stage("gdn_prep", k, int(v.shape[3]), tensors, stream)
 
 
-@trtp.register(f"{_NS}::gdn_scan")
+@trtp.register(GDN_SCAN_PLUGIN.qualified_name)
 def _scan_desc(
     k: trtp.TensorDesc, w: trtp.TensorDesc, u: trtp.TensorDesc, gc: trtp.TensorDesc, s0: trtp.TensorDesc
 ) -> Tuple[trtp.TensorDesc]:  # noqa: UP006
@@ -173,12 +181,12 @@ def _scan_desc(
     return (trtp.from_shape_expr(shapes["seg"], dtype=trt.float32),)
 
 
-@trtp.autotune(f"{_NS}::gdn_scan")
+@trtp.autotune(GDN_SCAN_PLUGIN.qualified_name)
 def _scan_autotune(k, w, u, gc, s0, outputs) -> List[trtp.AutoTuneCombination]:  # noqa: UP006
     return [trtp.AutoTuneCombination("FP32|FP16|BF16, FP32|FP16|BF16, FP32|FP16|BF16, FP32, FP32, FP32")]
 
 
-@trtp.aot_impl(f"{_NS}::gdn_scan")
+@trtp.aot_impl(GDN_SCAN_PLUGIN.qualified_name)
 def _scan_aot(
     k: trtp.TensorDesc,
     w: trtp.TensorDesc,
@@ -191,13 +199,13 @@ def _scan_aot(
     return _aot_result("gdn_scan", k, u.shape_expr[3])
 
 
-@trtp.impl(f"{_NS}::gdn_scan")
+@trtp.impl(GDN_SCAN_PLUGIN.qualified_name)
 def _scan_impl(k, w, u, gc, s0, outputs, stream: int) -> None:
     tensors = {"k": k, "w": w, "u": u, "gc": gc, "s0": s0, "seg": outputs[0], "out": outputs[0]}
     _run_stage("gdn_scan", k, int(u.shape[3]), tensors, stream)
 
 
-@trtp.register(f"{_NS}::gdn_combine")
+@trtp.register(GDN_COMBINE_PLUGIN.qualified_name)
 def _combine_desc(seg: trtp.TensorDesc, input_dtype: str) -> Tuple[trtp.TensorDesc]:  # noqa: UP006
     s = seg.shape_expr  # [B, H, segments, K, V + K] -> [B, H, K, V]
     return (trtp.from_shape_expr((s[0], s[1], s[3], s[4] - s[3]), dtype=trt.float32),)
@@ -212,7 +220,7 @@ def _combine(seg_shape, input_dtype: str):
     return combine_stage(h, nseg, dk, dkv - dk, _DTYPE_NAMES[input_dtype])
 
 
-@trtp.aot_impl(f"{_NS}::gdn_combine")
+@trtp.aot_impl(GDN_COMBINE_PLUGIN.qualified_name)
 def _combine_aot(
     seg: trtp.TensorDesc, input_dtype: str, outputs, tactic: int
 ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:  # noqa: UP006, UP007
@@ -227,7 +235,7 @@ def _combine_aot(
     return kernel.name, kernel.ptx, params, trtp.SymIntExprs.from_tuple([trtp.SymInt32(ints["NSEG"])])
 
 
-@trtp.impl(f"{_NS}::gdn_combine")
+@trtp.impl(GDN_COMBINE_PLUGIN.qualified_name)
 def _combine_impl(seg, input_dtype: str, outputs, stream: int) -> None:
     b, *sizes = (int(d) for d in seg.shape)
     run_stage_jit(_combine(sizes, input_dtype), {"seg": seg.data_ptr, "out": outputs[0].data_ptr}, b, 0, stream)
