@@ -78,7 +78,7 @@ def test_writes_a_complete_verified_package(tmp_path, fast_export, micro_model):
 
 
 def test_a_failed_export_leaves_nothing_behind(tmp_path, fast_export, micro_model, monkeypatch):
-    def failing(model, spec, graph, target, opset, plugin_mode):
+    def failing(model, spec, graph, *args, **kwargs):
         if graph == "commit_step":
             raise Arl2rtError("planted failure")
         return {}
