@@ -42,8 +42,15 @@ def calls(monkeypatch, tmp_path):
             "graphs": {"commit_step": {"passes": {"GdnToPluginPass": 3}}},
         }
         spec = StateSpec(PRESETS["tiny"], kwargs["dtype"])
+        mode = kwargs["trt_plugin"] or ("aot" if kwargs["target"] == "tensorrt" else None)
         return SimpleNamespace(
-            root=Path(out), manifest=manifest, target=kwargs["target"], spec=spec, opset=19, nbytes=100
+            root=Path(out),
+            manifest=manifest,
+            target=kwargs["target"],
+            spec=spec,
+            opset=19,
+            nbytes=100,
+            plugin_mode=mode,
         )
 
     monkeypatch.setattr(export_cli, "load_model", load_model)
@@ -54,15 +61,16 @@ def calls(monkeypatch, tmp_path):
 def test_export_passes_every_option_to_the_library(calls, tmp_path):
     out = tmp_path / "pkg"
     args = ["export", str(out), "--config", "tiny", "--target", "tensorrt", "--dtype", "float16", "--opset", "19"]
-    result = CliRunner().invoke(app, [*args, "--overwrite", "--json"])
+    result = CliRunner().invoke(app, [*args, "--trt-plugin", "jit", "--overwrite", "--json"])
     assert result.exit_code == 0, result.output
     assert calls["load_model"] == GenerateOptions(config="tiny", checkpoint=None)
     path, kwargs = calls["export_package"]
     assert path == out
     assert callable(kwargs.pop("progress"))
-    assert kwargs == {"target": "tensorrt", "dtype": "float16", "opset": 19, "overwrite": True}
+    assert kwargs == {"target": "tensorrt", "dtype": "float16", "opset": 19, "trt_plugin": "jit", "overwrite": True}
     summary = json.loads(result.output)
     assert summary["target"] == "tensorrt" and summary["dtype"] == "float16" and summary["bytes"] == 100
+    assert summary["trt_plugin"] == "jit"
     assert summary["files"] == {"commit_step.onnx": 10, "weights.bin": 90}
     assert summary["passes"] == {"commit_step": {"GdnToPluginPass": 3}}
 
@@ -72,12 +80,8 @@ def test_export_defaults_and_table(calls, tmp_path):
     assert result.exit_code == 0, result.output
     assert calls["load_model"] == GenerateOptions()  # no --config: the embedded model
     _, kwargs = calls["export_package"]
-    assert (kwargs["target"], kwargs["dtype"], kwargs["opset"], kwargs["overwrite"]) == (
-        "onnxruntime",
-        "float32",
-        None,
-        False,
-    )
+    defaults = (kwargs["target"], kwargs["dtype"], kwargs["opset"], kwargs["trt_plugin"], kwargs["overwrite"])
+    assert defaults == ("onnxruntime", "float32", None, None, False)
     assert "weights.bin" in result.output and "total" in result.output and "exported random weights" in _text(result)
 
 
