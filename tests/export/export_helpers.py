@@ -110,3 +110,72 @@ class GdnStateUpdateRef:
                 return (chunk_gated_delta_rule_state(*args, chunk_size=chunk_size).numpy(),)
 
         return gdn_state_update
+
+
+def interpreted_aot():
+    """:mod:`arl2rt.plugins.gdn.aot` with kernels that run here: compiled on a GPU, else under Triton's CPU interpreter
+    (``TRITON_INTERPRET=1`` must be set before the kernels are defined, so they are re-imported if it was not)."""
+    import importlib
+    import os
+
+    from arl2rt.plugins.common import is_interpreted
+    from arl2rt.plugins.gdn import aot, chunk
+
+    if not torch.cuda.is_available() and not is_interpreted(chunk._prep_kernel):
+        os.environ["TRITON_INTERPRET"] = "1"
+        importlib.reload(chunk)
+        importlib.reload(aot)
+    return aot
+
+
+class AotStageRefs:
+    """``arl2::gdn_prep``/``gdn_scan``/``gdn_combine`` for onnx's ReferenceEvaluator: each node runs its one Triton
+    kernel with the launch its ``aot_impl`` embeds (same grid, extra ints, argument order), outputs NaN-poisoned first,
+    so an AOT ``tensorrt`` graph is evaluated node by node without TensorRT."""
+
+    @staticmethod
+    def op_runs() -> list:
+        from onnx.reference.op_run import OpRun
+
+        aot = interpreted_aot()
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+
+        def run(stage, inputs: dict, batch: int, seq_len: int, segments: int) -> tuple[np.ndarray, ...]:
+            tensors = {n: torch.from_numpy(np.ascontiguousarray(x)).to(device) for n, x in inputs.items()}
+            heads, head_k, head_v = stage.sizes[:3]
+            shapes = aot.stage_tensor_shapes(batch, seq_len, heads, head_k, head_v, segments)
+            for arg in stage.outputs:
+                name = stage.tensors[arg]
+                tensors[name] = torch.full(shapes[name], float("nan"), dtype=aot.stage_dtype(stage, arg), device=device)
+            aot.run_stage_jit(stage, tensors, batch, seq_len)
+            return tuple(tensors[stage.tensors[a]].cpu().numpy() for a in stage.outputs)
+
+        def stages(k: np.ndarray, v: np.ndarray) -> dict:
+            b, t, h, dk = k.shape
+            dtype = torch.from_numpy(k[:0]).dtype
+            return {s.plugin: s for s in aot.gdn_stages(h, dk, v.shape[-1], dtype, seq_len=t)}
+
+        class gdn_prep(OpRun):  # noqa: N801 - OpRun looks ops up by class name
+            op_domain = GDN_PLUGIN.namespace
+
+            def _run(self, k, v, g, beta, plugin_namespace=None, plugin_version=None):
+                stage = stages(k, v)["gdn_prep"]
+                return run(stage, {"k": k, "v": v, "g": g, "beta": beta}, k.shape[0], k.shape[1], 1)
+
+        class gdn_scan(OpRun):  # noqa: N801
+            op_domain = GDN_PLUGIN.namespace
+
+            def _run(self, k, w, u, gc, s0, plugin_namespace=None, plugin_version=None):
+                stage = stages(k, u)["gdn_scan"]
+                inputs = {"k": k, "w": w, "u": u, "gc": gc, "s0": s0}
+                return run(stage, inputs, k.shape[0], k.shape[1], stage.segments)
+
+        class gdn_combine(OpRun):  # noqa: N801
+            op_domain = GDN_PLUGIN.namespace
+
+            def _run(self, seg, input_dtype=None, plugin_namespace=None, plugin_version=None):
+                b, h, nseg, dk, dkv = seg.shape
+                stage = aot.combine_stage(h, nseg, dk, dkv - dk, getattr(torch, input_dtype))
+                return run(stage, {"seg": seg}, b, 0, nseg)
+
+        return [gdn_prep, gdn_scan, gdn_combine]

@@ -69,7 +69,10 @@ def _stage_nodes(node: ir.Node) -> tuple[list[ir.Node], ir.Value]:
     (head_v,) = static_dims(value, 3)
     batch, tokens = key.shape[0], key.shape[1]
     seq_len = tokens if isinstance(tokens, int) else None  # a dynamic token count: one segment, rows unknown
-    stages = aot.gdn_stages(heads, head_k, head_v, _torch_dtype(key), seq_len=seq_len)
+    try:
+        stages = aot.gdn_stages(heads, head_k, head_v, _torch_dtype(key), seq_len=seq_len)
+    except ValueError as exc:  # sizes the kernels do not take
+        raise Arl2rtError(f"GDN node {node.name}, key {key.name} {key.shape}: no AOT plugin stages: {exc}") from None
     shapes = aot.stage_tensor_shapes(batch, seq_len or 1, heads, head_k, head_v, stages[1].segments)
     if seq_len is None:
         shapes.update({n: shapes[n][:2] + (None,) + shapes[n][3:] for n in ("w", "u", "gc")})
