@@ -3,7 +3,7 @@
 | target        | the GDN write becomes                                          | opset: default, allowed |
 |---------------|----------------------------------------------------------------|-------------------------|
 | `onnxruntime` | standard ``LinearAttention`` (``update_rule="gated_delta"``)   | 27, 27..28              |
-| `tensorrt`    | our plugins' nodes: AOT stages (default) or the JIT node        | 18, 18..21              |
+| `tensorrt`    | our plugins' nodes: AOT stages (default) or the JIT node       | 18, 18..21              |
 | `portable`    | standard ops only (chunked, no loop)                           | 18, 18..21              |
 
 Every pipeline starts by conforming graph I/O to the StateSpec and ends with type legalisation (16-bit types an op
