@@ -39,11 +39,16 @@ def rel_rms(x: torch.Tensor, ref: torch.Tensor) -> float:
     return ((x - ref).norm() / ref.norm()).item()
 
 
-def gdn_inputs(b, t, h, dk, dv, dtype, seed):
-    """Fresh random inputs in the ARL2 ranges: unit-norm k, log decay < 0, beta in (0, 2), non-zero state."""
+def gdn_inputs(b, t, h, dk, dv, dtype, seed, correlated=False):
+    """Fresh random inputs in the ARL2 ranges: unit-norm k, log decay < 0, beta in (0, 2), non-zero state.
+
+    ``correlated`` keys share a common direction per head, as neighbouring video tokens do: β K Kᵀ then has entries
+    near 2, the regime where an unstable triangular inverse blows up.
+    """
     gen = torch.Generator().manual_seed(seed)
     q = torch.randn(b, t, h, dk, generator=gen)
-    k = torch.nn.functional.normalize(torch.randn(b, t, h, dk, generator=gen), dim=-1)
+    shared = torch.randn(b, 1, h, dk, generator=gen) if correlated else 0.0
+    k = torch.nn.functional.normalize(shared + 0.7 * torch.randn(b, t, h, dk, generator=gen), dim=-1)
     v = torch.randn(b, t, h, dv, generator=gen)
     g = torch.nn.functional.logsigmoid(torch.randn(b, t, h, generator=gen) + 2.0) * 0.5
     beta = 2 * torch.rand(b, t, h, generator=gen)
@@ -97,6 +102,16 @@ def test_state_update_matches_float64(case):
     chunk.launch_gdn_state_update(k, v, g, beta, s0, out, ws, b, t, h, dk, dv, DTYPES[dt], config=cfg)
     _, s_ref = reference(None, k, v, g, beta, s0)
     assert rel_rms(out, s_ref) <= STATE_TOL[dt]
+
+
+@pytest.mark.parametrize("dt", ["fp32", "bf16"])
+@pytest.mark.parametrize("t", [64, 130])
+def test_state_update_with_correlated_keys(t, dt):
+    _, k, v, g, beta, s0 = gdn_inputs(1, t, 2, 32, 32, DTYPES[dt], seed=t, correlated=True)
+    plan = chunk.plan_chunk(1, t, 2, 32, 32, DTYPES[dt])
+    out = nan_like(s0)
+    chunk.launch_gdn_state_update(k, v, g, beta, s0, out, poisoned_workspace(plan), 1, t, 2, 32, 32, DTYPES[dt])
+    assert rel_rms(out, reference(None, k, v, g, beta, s0)[1]) <= STATE_TOL[dt]
 
 
 FORWARD_CASES = [(1, t, 2, d, d, dt) for t in (1, 37, 64, 130) for d in (16, 32) for dt in ("fp32", "bf16")]

@@ -7,8 +7,9 @@ masked). K and V are each one of 16, 32, 64, 128.
 Kernels, in launch order (each takes inputs → int sizes → outputs; none needs atomics or zeroed memory):
 
 1. ``_prep_kernel``, grid (chunks, B·H), every chunk at once: gate prefix sums G, N = strict_lower(β KKᵀ ⊙ Γ),
-   T = (I + N)⁻¹, W = T diag(β e^G) K and U = T diag(β) V. N is nilpotent, so the inverse is the product
-   (I − N)(I + N²)(I + N⁴)…(I + N³²): ten 64³ products on the tensor cores and no sequential substitution.
+   T = (I + N)⁻¹, W = T diag(β e^G) K and U = T diag(β) V. The inverse is built by block doubling (1×1 → 64×64
+   blocks, X_2s = X_s − X_s N_s X_s): twelve 64³ products on the tensor cores, no sequential substitution, and
+   bounded intermediates (the nilpotent product (I − N)(I + N²)… overflows fp32 for correlated keys).
 2. ``_scan_kernel``, the only sequential part: per chunk ``S ← e^{G_n} S + Kᵀ diag(e^{G_n − G}) (U − W S)`` (in
    state-only mode the prep stores W and U with that row decay folded in, taking it off the critical path). Columns of
    S are independent, so each program owns ``block_v`` columns. To shorten the chain, T is cut into ``segments``;
@@ -119,13 +120,16 @@ def _prep_kernel(
     decay = tl.exp(tl.minimum(G[:, None] - G[None, :], 0.0))
     A = tl.where(rc > cc, bv[:, None] * kk * decay, 0.0)
 
-    # A is nilpotent (A⁶⁴ = 0): (I + A)⁻¹ = (I − A)(I + A²)(I + A⁴)(I + A⁸)(I + A¹⁶)(I + A³²), all on tensor cores
-    # (16×16 block substitution followed by a block merge measured 1.6× slower on the H200: serial, CUDA-core bound)
-    Tm = tl.where(rc == cc, 1.0, 0.0) - A
-    Q = A
-    for _ in tl.static_range(5):
-        Q = tl.dot(Q, Q, input_precision=PREC)
-        Tm = tl.dot(Tm, Q, acc=Tm, input_precision=PREC)
+    # (I + A)⁻¹ by block doubling on tensor cores: X holds the inverses of the diagonal blocks of size s; merging
+    # pairs of blocks gives X_2s = X_s − X_s A_s X_s, where A_s keeps the lower-left s×s block of every 2s×2s block.
+    # Every X_s is a true inverse of a sub-block, so its entries stay bounded. (The nilpotent product
+    # (I − A)(I + A²)(I + A⁴)… is exact on paper but its powers of A overflow fp32 when keys are correlated, as
+    # neighbouring video tokens are.)
+    Tm = tl.where(rc == cc, 1.0, 0.0)
+    for lvl in tl.static_range(6):
+        lower_left = ((rc >> lvl) & 1 == 1) & ((cc >> lvl) == (rc >> lvl) - 1)
+        XA = tl.dot(Tm, tl.where(lower_left, A, 0.0), input_precision=PREC)
+        Tm = Tm - tl.dot(XA, Tm, input_precision=PREC)
 
     if ROW_SCALED:
         g_end = tl.sum(tl.where(r == C - 1, G, 0.0), axis=0)
