@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 
 import onnx_ir as ir
+import torch
 
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.passes.base import CountedResult, gdn_nodes, static_dims
@@ -28,7 +29,11 @@ from arl2rt.plugins.gdn.plugin_spec import AOT_STAGE_PLUGINS, PluginSpec
 logger = logging.getLogger(__name__)
 
 _SPECS: dict[str, PluginSpec] = {s.name: s for s in AOT_STAGE_PLUGINS}
-_DTYPE_NAMES = {ir.DataType.FLOAT: "float32", ir.DataType.FLOAT16: "float16", ir.DataType.BFLOAT16: "bfloat16"}
+_TORCH_DTYPES = {
+    ir.DataType.FLOAT: torch.float32,
+    ir.DataType.FLOAT16: torch.float16,
+    ir.DataType.BFLOAT16: torch.bfloat16,
+}
 # which GDN-node input each stage's input tensor is (the rest are made by an earlier stage)
 _GDN_INPUTS = {"k": 0, "v": 1, "g": 2, "beta": 3, "s0": 4}
 
@@ -46,17 +51,14 @@ class GdnToAotStagesPass(ir.passes.InPlacePass):
         return CountedResult(model, bool(nodes), len(nodes))
 
 
-def _torch_dtype(value: ir.Value):
-    import torch
-
-    names = {ir.DataType.FLOAT: torch.float32, ir.DataType.FLOAT16: torch.float16, ir.DataType.BFLOAT16: torch.bfloat16}
-    if value.dtype not in names:
+def _torch_dtype(value: ir.Value) -> torch.dtype:
+    if value.dtype not in _TORCH_DTYPES:
         raise Arl2rtError(f"tensor {value.name}: expected key dtype float32, float16 or bfloat16, found {value.dtype}")
-    return names[value.dtype]
+    return _TORCH_DTYPES[value.dtype]
 
 
 def _stage_nodes(node: ir.Node) -> tuple[list[ir.Node], ir.Value]:
-    try:
+    try:  # here, not at module level: triton is optional, and only this mode needs it
         from arl2rt.plugins.gdn import aot
     except ImportError as exc:
         raise Arl2rtError(
@@ -69,8 +71,9 @@ def _stage_nodes(node: ir.Node) -> tuple[list[ir.Node], ir.Value]:
     (head_v,) = static_dims(value, 3)
     batch, tokens = key.shape[0], key.shape[1]
     seq_len = tokens if isinstance(tokens, int) else None  # a dynamic token count: one segment, rows unknown
+    dtype = _torch_dtype(key)
     try:
-        stages = aot.gdn_stages(heads, head_k, head_v, _torch_dtype(key), seq_len=seq_len)
+        stages = aot.gdn_stages(heads, head_k, head_v, dtype, seq_len=seq_len)
     except ValueError as exc:  # sizes the kernels do not take
         raise Arl2rtError(f"GDN node {node.name}, key {key.name} {key.shape}: no AOT plugin stages: {exc}") from None
     shapes = aot.stage_tensor_shapes(batch, seq_len or 1, heads, head_k, head_v, stages[1].segments)
@@ -82,7 +85,7 @@ def _stage_nodes(node: ir.Node) -> tuple[list[ir.Node], ir.Value]:
     new_nodes = []
     for stage in stages:
         spec = _SPECS[stage.plugin]
-        fields = {"input_dtype": _DTYPE_NAMES[key.dtype]} if stage.plugin == "gdn_combine" else {}
+        fields = {"input_dtype": str(dtype).removeprefix("torch.")} if stage.plugin == "gdn_combine" else {}
         stage_node = ir.Node(
             spec.namespace,
             spec.name,
@@ -95,7 +98,7 @@ def _stage_nodes(node: ir.Node) -> tuple[list[ir.Node], ir.Value]:
             tensor = stage.tensors[arg]
             out.name = f"{base}_{tensor}"
             # W and U are stored in the key dtype, everything else in fp32 (the kernels' signatures say which)
-            out.dtype = key.dtype if aot.stage_dtype(stage, arg) == _torch_dtype(key) else ir.DataType.FLOAT
+            out.dtype = key.dtype if aot.stage_dtype(stage, arg) == dtype else ir.DataType.FLOAT
             out.shape = ir.Shape(shapes[tensor])
             tensors[tensor] = out
         new_nodes.append(stage_node)
