@@ -19,32 +19,13 @@ from typer.testing import CliRunner
 
 from arl2rt.cli.main import app
 from arl2rt.errors import Arl2rtError
-from arl2rt.model.config import ModelConfig
 from arl2rt.runtime import generate as lib
 from arl2rt.runtime.video import read_latents
+from micro_configs import micro_rgb_config
 
 runner = CliRunner()
 
-RGB = ModelConfig(
-    name="cli-rgb",
-    dim=32,
-    ffn_dim=64,
-    num_layers=2,
-    num_heads=2,
-    in_channels=3,
-    out_channels=3,
-    latent_height=8,
-    latent_width=8,
-    text_dim=16,
-    text_len=4,
-    hybrid_layers=(0,),
-    frames_per_block=2,
-    timesteps=(1000.0, 500.0),
-    attn_window_frames=6,
-    sink_frames=1,
-    lora_rank=4,
-    lora_alpha=8.0,
-)
+RGB = micro_rgb_config("cli-rgb")
 
 
 @pytest.fixture

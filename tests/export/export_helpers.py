@@ -8,28 +8,12 @@ import onnx_ir as ir
 import onnxruntime as ort
 import torch
 
-from arl2rt.model.config import ModelConfig
 from arl2rt.model.gated_delta import recurrent_gated_delta_rule
 from arl2rt.plugins.gdn.plugin_spec import GDN_PLUGIN, register_onnx_schema
+from micro_configs import micro_config
 
 # The smallest model with both layer kinds: exporting it takes a fraction of what `tiny` takes on 2 cores.
-MICRO = ModelConfig(
-    name="micro",
-    dim=32,
-    ffn_dim=64,
-    num_layers=2,
-    num_heads=2,
-    in_channels=4,
-    out_channels=4,
-    latent_height=4,
-    latent_width=6,
-    text_dim=16,
-    text_len=5,
-    hybrid_layers=(0,),
-    frames_per_block=2,
-    lora_rank=4,
-    lora_alpha=8.0,
-)
+MICRO = micro_config("micro", latent_width=6, text_len=5, frames_per_block=2)
 GDN_INPUTS = ("k", "v", "g", "beta", "state")
 
 

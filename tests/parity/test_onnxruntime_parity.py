@@ -16,28 +16,12 @@ from typer.testing import CliRunner
 
 from arl2rt.cli.main import app
 from arl2rt.export.package import export_package
-from arl2rt.model.config import ModelConfig
 from arl2rt.parity.check import check_parity
 from arl2rt.runtime.generate import random_context, random_model
+from micro_configs import micro_config
 
 # Both layer kinds, every state kind, 16 tokens per block: a block costs milliseconds.
-SMALL = ModelConfig(
-    name="parity-small",
-    dim=32,
-    ffn_dim=64,
-    num_layers=2,
-    num_heads=2,
-    in_channels=4,
-    out_channels=4,
-    latent_height=4,
-    latent_width=4,
-    text_dim=16,
-    text_len=4,
-    hybrid_layers=(0,),
-    frames_per_block=1,
-    lora_rank=4,
-    lora_alpha=8.0,
-)
+SMALL = micro_config("parity-small")
 
 
 @pytest.fixture(scope="module")

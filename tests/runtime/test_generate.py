@@ -21,28 +21,10 @@ from arl2rt.runtime.generate import GenerateOptions, random_context, random_mode
 from arl2rt.runtime.streamer import Streamer
 from arl2rt.runtime.torch_backend import TorchBackend
 from arl2rt.runtime.video import read_latents, to_rgb_frames
+from micro_configs import micro_rgb_config
 
 # A pixel-space (RGB) micro model with both layer kinds; the softmax layer has a rolling window.
-RGB = ModelConfig(
-    name="micro-rgb",
-    dim=32,
-    ffn_dim=64,
-    num_layers=2,
-    num_heads=2,
-    in_channels=3,
-    out_channels=3,
-    latent_height=8,
-    latent_width=8,
-    text_dim=16,
-    text_len=4,
-    hybrid_layers=(0,),
-    frames_per_block=2,
-    timesteps=(1000.0, 500.0),
-    attn_window_frames=6,
-    sink_frames=1,
-    lora_rank=4,
-    lora_alpha=8.0,
-)
+RGB = micro_rgb_config("micro-rgb")
 
 
 @pytest.fixture

@@ -88,21 +88,6 @@ def test_a_2000_frame_stream_runs_stays_finite_and_keeps_constant_state_memory()
 
 
 def _micro():
-    from arl2rt.model.config import ModelConfig
+    from micro_configs import micro_config
 
-    return ModelConfig(
-        name="micro-rgb",
-        dim=32,
-        ffn_dim=64,
-        num_layers=2,
-        num_heads=2,
-        in_channels=3,
-        out_channels=3,
-        latent_height=4,
-        latent_width=4,
-        text_dim=16,
-        text_len=4,
-        hybrid_layers=(0,),
-        lora_rank=4,
-        lora_alpha=8.0,
-    )
+    return micro_config("micro-rgb", in_channels=3, out_channels=3, frames_per_block=3)
