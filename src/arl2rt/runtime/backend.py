@@ -71,6 +71,19 @@ class Backend(ABC):
         if dims.get(BATCH, 1) < 1:
             raise Arl2rtError(f"{graph}: batch size must be >= 1, found {dims[BATCH]}")
 
+    def output_buffer(self, spec: TensorSpec, shape: tuple[int, ...], given: torch.Tensor | None) -> torch.Tensor:
+        """Where a backend writes output ``spec``: ``given`` (e.g. the StateStore's ping-pong spare) when it fits as
+        is — shape, dtype, device, contiguous — else a new tensor."""
+        if (
+            given is not None
+            and tuple(given.shape) == tuple(shape)
+            and given.dtype == spec.torch_dtype
+            and given.device == self.device
+            and given.is_contiguous()
+        ):
+            return given
+        return torch.empty(shape, dtype=spec.torch_dtype, device=self.device)
+
     @abstractmethod
     def activate_impl(self) -> None: ...
 

@@ -149,7 +149,7 @@ class OnnxRuntimeBackend(Backend):
             keep.append(_bind(binding.bind_input, spec.name, tensor.contiguous()))
         outputs = {}
         for spec in self.spec.outputs(graph):
-            outputs[spec.name] = self._output_buffer(spec, out.get(spec.name), batch)
+            outputs[spec.name] = self.output_buffer(spec, spec.resolve(batch=batch), out.get(spec.name))
             _bind(binding.bind_output, spec.name, outputs[spec.name])
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # inputs written by torch must be ready
@@ -159,18 +159,6 @@ class OnnxRuntimeBackend(Backend):
             path = self.package.graph_path(graph)
             raise Arl2rtError(f"{path}: onnxruntime failed to run {graph}: {str(exc).strip()[:500]}") from None
         return outputs
-
-    def _output_buffer(self, spec: TensorSpec, given: torch.Tensor | None, batch: int) -> torch.Tensor:
-        shape = spec.resolve(batch=batch)
-        if (
-            given is not None
-            and tuple(given.shape) == shape
-            and given.dtype == spec.torch_dtype
-            and given.device == self.device
-            and given.is_contiguous()
-        ):
-            return given
-        return torch.empty(shape, dtype=spec.torch_dtype, device=self.device)
 
 
 def _bind(bind, name: str, tensor: torch.Tensor) -> torch.Tensor:

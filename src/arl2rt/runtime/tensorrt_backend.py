@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from arl2rt.errors import Arl2rtError
-from arl2rt.export.state_spec import GRAPHS, StateSpec, TensorSpec
+from arl2rt.export.state_spec import GRAPHS, StateSpec
 from arl2rt.runtime.backend import Backend
 from arl2rt.runtime.trt.build import PLUGIN_MODULE, build_engines, default_cache_dir, engine_key
 from arl2rt.runtime.trt.cache import read_entry
@@ -219,20 +219,9 @@ class TensorRTBackend(Backend):
             # an output aliased to an input (in-place plugin state, TensorRT >= 10.15) is that input's buffer
             alias = engine.get_aliased_input_tensor(s.name) if hasattr(engine, "get_aliased_input_tensor") else None
             given = feeds[alias] if alias else out.get(s.name)
-            outputs[s.name] = self._output(s, tuple(ctx.get_tensor_shape(s.name)), given)
+            outputs[s.name] = self.output_buffer(s, tuple(ctx.get_tensor_shape(s.name)), given)
             ctx.set_tensor_address(s.name, outputs[s.name].data_ptr())
         return outputs
-
-    def _output(self, spec: TensorSpec, shape: tuple, given: torch.Tensor | None) -> torch.Tensor:
-        if (
-            given is not None
-            and tuple(given.shape) == shape
-            and given.dtype == spec.torch_dtype
-            and given.device == self.device
-            and given.is_contiguous()
-        ):
-            return given
-        return torch.empty(shape, dtype=spec.torch_dtype, device=self.device)
 
     def _execute(self, graph: str) -> None:
         """Enqueue on our stream, after the work that made the inputs and before whatever reads the outputs."""
