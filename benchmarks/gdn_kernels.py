@@ -38,10 +38,12 @@ def log(*a):
     print(*a, flush=True)
 
 
-def make_inputs(b, t, h, d, dtype, seed, device):
+def make_inputs(b, t, h, d, dtype, seed, device, correlated=False):
+    """``correlated`` keys share one direction per head, as neighbouring video tokens do (β K Kᵀ entries near 2)."""
     gen = torch.Generator(device=device).manual_seed(seed)
     q = torch.randn(b, t, h, d, generator=gen, device=device)
-    k = torch.nn.functional.normalize(torch.randn(b, t, h, d, generator=gen, device=device), dim=-1)
+    shared = torch.randn(b, 1, h, d, generator=gen, device=device) if correlated else 0.0
+    k = torch.nn.functional.normalize(shared + 0.7 * torch.randn(b, t, h, d, generator=gen, device=device), dim=-1)
     v = torch.randn(b, t, h, d, generator=gen, device=device)
     g = torch.nn.functional.logsigmoid(torch.randn(b, t, h, generator=gen, device=device) + 2.0) * 0.5
     beta = 2 * torch.rand(b, t, h, generator=gen, device=device)
@@ -147,14 +149,15 @@ def compiled_resources(compiled):
 
 def correctness(chunk, naive, device, shapes, dtypes):
     rows = []
-    for b, t in shapes:
+    for b, t, corr in [(b, t, corr) for b, t in shapes for corr in (False, True)]:
         for dt in dtypes:
-            q, k, v, g, beta, s0 = make_inputs(b, t, 12, D, dt, seed=t + b, device=device)
+            q, k, v, g, beta, s0 = make_inputs(b, t, 12, D, dt, seed=t + b, device=device, correlated=corr)
             ref = naive.naive_chunk_gated_delta_rule_state(
                 k.double(), v.double(), g.double(), beta.double(), s0.double()
             )
             s = chunk.chunk_gated_delta_rule_state(k, v, g, beta, s0)
-            row = {"B": b, "T": t, "dtype": str(dt)[6:], "ours_state": rel_rms(s, ref)}
+            row = {"B": b, "T": t, "keys": "correlated" if corr else "independent", "dtype": str(dt)[6:]}
+            row["ours_state"] = rel_rms(s, ref)
             if HAVE_FLA and device == "cuda" and dt == torch.bfloat16:
                 _, s_fla = FLA(q, k, v, g, beta, initial_state=s0, output_final_state=True)
                 row["fla_state"] = rel_rms(s_fla, ref)
@@ -164,12 +167,13 @@ def correctness(chunk, naive, device, shapes, dtypes):
     # per-token outputs at one shape
     for dt in dtypes:
         b, t = shapes[len(shapes) // 2]
-        q, k, v, g, beta, s0 = make_inputs(b, t, 12, D, dt, seed=7, device=device)
+        q, k, v, g, beta, s0 = make_inputs(b, t, 12, D, dt, seed=7, device=device, correlated=True)
         o_ref, s_ref = naive.naive_chunk_gated_delta_rule(
             q.double(), k.double(), v.double(), g.double(), beta.double(), initial_state=s0.double()
         )
         o, s = chunk.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=s0)
-        row = {"B": b, "T": t, "dtype": str(dt)[6:], "ours_o": rel_rms(o, o_ref), "ours_state_fwd": rel_rms(s, s_ref)}
+        row = {"B": b, "T": t, "keys": "correlated", "dtype": str(dt)[6:], "ours_o": rel_rms(o, o_ref)}
+        row["ours_state_fwd"] = rel_rms(s, s_ref)
         if HAVE_FLA and device == "cuda" and dt == torch.bfloat16:
             o_fla, _ = FLA(q, k, v, g, beta, initial_state=s0, output_final_state=True)
             row["fla_o"] = rel_rms(o_fla, o_ref)

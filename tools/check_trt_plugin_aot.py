@@ -58,9 +58,11 @@ TOLERANCE = {"bf16": 1e-2, "fp32": 1e-4}
 
 
 def inputs(dtype: torch.dtype, seed: int, device: str) -> dict[str, torch.Tensor]:
-    """ARL2-range inputs: unit-norm keys, log decay < 0, beta in (0, 2), a non-zero incoming state."""
+    """ARL2-range inputs: unit-norm keys correlated across tokens (one shared direction per head, as neighbouring
+    video tokens have), log decay < 0, beta in (0, 2), a non-zero incoming state."""
     gen = torch.Generator().manual_seed(seed)
-    k = torch.nn.functional.normalize(torch.randn(B, T, H, K, generator=gen), dim=-1)
+    shared = torch.randn(B, 1, H, K, generator=gen)
+    k = torch.nn.functional.normalize(shared + 0.7 * torch.randn(B, T, H, K, generator=gen), dim=-1)
     v = torch.randn(B, T, H, V, generator=gen)
     g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, generator=gen) + 3.0) * 0.3
     beta = 2 * torch.rand(B, T, H, generator=gen)

@@ -8,8 +8,9 @@ Kernels, in launch order (each takes inputs → int sizes → outputs; none need
 
 1. ``_prep_kernel``, grid (chunks, B·H), every chunk at once: gate prefix sums G, N = strict_lower(β KKᵀ ⊙ Γ),
    T = (I + N)⁻¹, W = T diag(β e^G) K and U = T diag(β) V. The inverse is built by block doubling (1×1 → 64×64
-   blocks, X_2s = X_s − X_s N_s X_s): twelve 64³ products on the tensor cores, no sequential substitution, and
-   bounded intermediates (the nilpotent product (I − N)(I + N²)… overflows fp32 for correlated keys).
+   blocks, X_2s = X_s − X_s N_s X_s): ten 64³ products on the tensor cores (level 0, I − N₁, needs none), no
+   sequential substitution, and bounded intermediates (the nilpotent product (I − N)(I + N²)… overflows fp32 for
+   correlated keys).
 2. ``_scan_kernel``, the only sequential part: per chunk ``S ← e^{G_n} S + Kᵀ diag(e^{G_n − G}) (U − W S)`` (in
    state-only mode the prep stores W and U with that row decay folded in, taking it off the critical path). Columns of
    S are independent, so each program owns ``block_v`` columns. To shorten the chain, T is cut into ``segments``;
@@ -125,8 +126,9 @@ def _prep_kernel(
     # Every X_s is a true inverse of a sub-block, so its entries stay bounded. (The nilpotent product
     # (I − A)(I + A²)(I + A⁴)… is exact on paper but its powers of A overflow fp32 when keys are correlated, as
     # neighbouring video tokens are.)
-    Tm = tl.where(rc == cc, 1.0, 0.0)
-    for lvl in tl.static_range(6):
+    # level 0 needs no product: X_1 = I, so X_2 = I − A_1
+    Tm = tl.where(rc == cc, 1.0, 0.0) - tl.where(((rc & 1) == 1) & (cc == rc - 1), A, 0.0)
+    for lvl in tl.static_range(1, 6):
         lower_left = ((rc >> lvl) & 1 == 1) & ((cc >> lvl) == (rc >> lvl) - 1)
         XA = tl.dot(Tm, tl.where(lower_left, A, 0.0), input_precision=PREC)
         Tm = Tm - tl.dot(XA, Tm, input_precision=PREC)
