@@ -6,8 +6,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arl2rt.model.fusion import fused
 from arl2rt.model.gated_delta import block_read
-from arl2rt.model.layers import HeadwiseLinear, RMSNorm, accum_dtype, apply_rope, attention, l2norm
+from arl2rt.model.layers import (
+    HeadwiseLinear,
+    RMSNorm,
+    accum_dtype,
+    attention,
+    attention_with_past,
+    rms_norm_rope,
+    rope_l2norm,
+)
 from arl2rt.plugins.gdn.op import gdn_state_update
 
 
@@ -20,6 +29,12 @@ def memory_read(q: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         if dims_ok and q.dtype in read.INPUT_DTYPES:
             return read.block_read(q, state)
     return block_read(q, state)
+
+
+@fused
+def gated_sum(o_intra: torch.Tensor, gate_logits: torch.Tensor, o_inter: torch.Tensor) -> torch.Tensor:
+    """The hybrid output before ``o``: intra-block softmax + sigmoid head-wise gate x memory read."""
+    return o_intra + torch.sigmoid(gate_logits)[..., None] * o_inter
 
 
 class _QKV(nn.Module):
@@ -35,9 +50,14 @@ class _QKV(nn.Module):
         return x.unflatten(-1, (self.num_heads, self.head_dim))
 
     def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        q = apply_rope(self.heads(self.norm_q(self.q(x))), cos, sin)
-        k = apply_rope(self.heads(self.norm_k(self.k(x))), cos, sin)
-        return q, k, self.heads(self.v(x))
+        q_proj, k_proj = self.q(x), self.k(x)
+        return *self.rope_qk(q_proj, k_proj, cos, sin), self.heads(self.v(x))
+
+    def rope_qk(self, q_proj, k_proj, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
+        """RMSNorm'd, RoPE'd q and k ``[B, L, H, D]`` of the softmax attention from their projections."""
+        q = rms_norm_rope(q_proj, self.norm_q.weight, self.norm_q.eps, cos, sin, self.num_heads)
+        k = rms_norm_rope(k_proj, self.norm_k.weight, self.norm_k.eps, cos, sin, self.num_heads)
+        return q, k
 
 
 class SoftmaxSelfAttention(_QKV):
@@ -48,8 +68,7 @@ class SoftmaxSelfAttention(_QKV):
 
     def forward(self, x, cos, sin, past_key: torch.Tensor, past_value: torch.Tensor):
         q, k, v = self.qkv(x, cos, sin)
-        out = attention(q, torch.cat([past_key, k], dim=1), torch.cat([past_value, v], dim=1))
-        return self.o(out.flatten(2)), k, v
+        return self.o(attention_with_past(q, past_key, past_value, k, v).flatten(2)), k, v
 
 
 class HybridSelfAttention(_QKV):
@@ -80,14 +99,14 @@ class HybridSelfAttention(_QKV):
     def memory_query(self, x, cos, sin, q_proj: torch.Tensor | None = None) -> torch.Tensor:
         """q̂ = L2norm(RoPE(φ_q(RMSNorm_q(W_q x + b_q + s x A_q B_q)))); pass ``q_proj = W_q x + b_q`` to reuse it."""
         q_proj = self.q(x) if q_proj is None else q_proj
-        return l2norm(apply_rope(self.phi_q(self.heads(self.norm_q(self._lora("q", x, q_proj)))), cos, sin))
+        return rope_l2norm(self.phi_q(self.heads(self.norm_q(self._lora("q", x, q_proj)))), cos, sin)
 
     def write_inputs(self, x, k_proj, v_proj, cos, sin):
         """k̂, v̂, g (log decay) and β of the GDN write; g and β in fp32 (float64 for a float64 model).
 
         ``k_proj``/``v_proj`` are the shared projections ``W_k x + b_k`` and ``W_v x + b_v``.
         """
-        k = l2norm(apply_rope(self.phi_k(self.heads(self.norm_k(self._lora("k", x, k_proj)))), cos, sin))
+        k = rope_l2norm(self.phi_k(self.heads(self.norm_k(self._lora("k", x, k_proj)))), cos, sin)
         v = self.phi_v(self.heads(self._lora("v", x, v_proj)))
         xf = x.to(accum_dtype(x.dtype))
         a = F.linear(xf, self.a_proj.weight.to(xf.dtype)) + self.dt_bias.to(xf.dtype)
@@ -101,12 +120,10 @@ class HybridSelfAttention(_QKV):
         Returns the output and, when ``write``, the new state (else None). Every token reads the same ``state``.
         """
         q_proj, k_proj, v_proj = self.q(x), self.k(x), self.v(x)
-        q = apply_rope(self.heads(self.norm_q(q_proj)), cos, sin)
-        k = apply_rope(self.heads(self.norm_k(k_proj)), cos, sin)
+        q, k = self.rope_qk(q_proj, k_proj, cos, sin)
         o_intra = attention(q, k, self.heads(v_proj))
         o_inter = memory_read(self.memory_query(x, cos, sin, q_proj), state)
-        gate = torch.sigmoid(self.gate_proj(x))[..., None]
-        out = self.o((o_intra + gate * o_inter).flatten(2))
+        out = self.o(gated_sum(o_intra, self.gate_proj(x), o_inter).flatten(2))
         new_state = None
         if write:
             new_state = gdn_state_update(*self.write_inputs(x, k_proj, v_proj, cos, sin), state)

@@ -20,7 +20,8 @@ from torch import nn
 from arl2rt.errors import Arl2rtError
 from arl2rt.model.attention import CrossAttention, HybridSelfAttention, SoftmaxSelfAttention
 from arl2rt.model.config import ModelConfig
-from arl2rt.model.layers import FeedForward, LayerNorm, RopeTables, accum_dtype, sinusoidal_embedding
+from arl2rt.model.fusion import fused
+from arl2rt.model.layers import FeedForward, LayerNorm, RopeTables, accum_dtype, layer_norm, sinusoidal_embedding
 
 
 @dataclass
@@ -43,6 +44,18 @@ def _gated(y: torch.Tensor, gate: torch.Tensor, frames: int) -> torch.Tensor:
     return (y.to(gate.dtype).unflatten(1, (frames, -1)) * gate[:, :, None]).flatten(1, 2).to(y.dtype)
 
 
+@fused
+def norm_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, frames: int, eps: float) -> torch.Tensor:
+    """LayerNorm without affine, then per-latent-frame AdaLN."""
+    return _modulate(layer_norm(x, None, None, eps), shift, scale, frames)
+
+
+@fused
+def gated_add(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor, frames: int) -> torch.Tensor:
+    """The residual update ``x + gate * y`` with a per-latent-frame gate."""
+    return x + _gated(y, gate, frames)
+
+
 class DiTBlock(nn.Module):
     def __init__(self, cfg: ModelConfig, hybrid: bool) -> None:
         super().__init__()
@@ -62,16 +75,15 @@ class DiTBlock(nn.Module):
         """x ``[B, L, dim]``, e ``[B, F, 6, dim]`` (time projection). Returns x and the layer's new state or K/V."""
         frames = e.shape[1]
         e = (self.modulation.to(e.dtype)[:, None] + e).unbind(2)
-        y_in = _modulate(self.norm1(x), e[0], e[1], frames)
+        y_in = norm_modulate(x, e[0], e[1], frames, self.norm1.eps)
         if self.hybrid:
             y, new = self.self_attn(y_in, cos, sin, state, write)
         else:
             y, k, v = self.self_attn(y_in, cos, sin, *past_kv)
             new = (k, v)
-        x = x + _gated(y, e[2], frames)
+        x = gated_add(x, y, e[2], frames)
         x = x + self.cross_attn(self.norm3(x), *context_kv)
-        x = x + _gated(self.ffn(_modulate(self.norm2(x), e[3], e[4], frames)), e[5], frames)
-        return x, new
+        return gated_add(x, self.ffn(norm_modulate(x, e[3], e[4], frames, self.norm2.eps)), e[5], frames), new
 
 
 class Head(nn.Module):
@@ -85,7 +97,7 @@ class Head(nn.Module):
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """x ``[B, L, dim]``, e ``[B, F, dim]`` (time embedding before projection)."""
         shift, scale = (self.modulation.to(e.dtype)[:, None] + e[:, :, None]).unbind(2)
-        return self.head(_modulate(self.norm(x), shift, scale, e.shape[1]))
+        return self.head(norm_modulate(x, shift, scale, e.shape[1], self.norm.eps))
 
 
 class CausalDiT(nn.Module):

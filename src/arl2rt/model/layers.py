@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arl2rt.model.fusion import fused, fusion_wanted
+
 
 def accum_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype norms, gates and RoPE run in: fp32 for 16-bit activations, float64 stays float64."""
@@ -21,24 +23,48 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.to(accum_dtype(x.dtype))
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+        return rms_norm(x, self.weight, self.eps)
+
+
+@fused
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.to(accum_dtype(x.dtype))
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
+
+
+@fused
+def rms_norm_rope(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor, num_heads: int
+) -> torch.Tensor:
+    """RMSNorm over the full width ``[B, L, H*D]``, split into heads, then RoPE: ``[B, L, H, D]``."""
+    return apply_rope(rms_norm(x, weight, eps).unflatten(-1, (num_heads, -1)), cos, sin)
 
 
 class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in fp32 (or float64) for 16-bit activations, as Wan does."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dt = accum_dtype(x.dtype)
-        w = self.weight.to(dt) if self.weight is not None else None
-        b = self.bias.to(dt) if self.bias is not None else None
-        return F.layer_norm(x.to(dt), self.normalized_shape, w, b, self.eps).to(x.dtype)
+        return layer_norm(x, self.weight, self.bias, self.eps)
+
+
+@fused
+def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
+    dt = accum_dtype(x.dtype)
+    w = weight.to(dt) if weight is not None else None
+    b = bias.to(dt) if bias is not None else None
+    return F.layer_norm(x.to(dt), x.shape[-1:], w, b, eps).to(x.dtype)
 
 
 def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """``x / sqrt(sum(x^2) + eps)`` over the last axis (ARL2-SPEC.md §5), computed in fp32 or float64."""
     xf = x.to(accum_dtype(x.dtype))
     return (xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+@fused
+def rope_l2norm(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``l2norm(apply_rope(x))``: the memory path's q̂ and k̂ (ARL2-SPEC.md §5)."""
+    return l2norm(apply_rope(x, cos, sin))
 
 
 class HeadwiseLinear(nn.Module):
@@ -133,6 +159,47 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     """Bidirectional softmax attention, q ``[B, Lq, H, D]``, k/v ``[B, Lk, H, D]`` -> ``[B, Lq, H, D]``."""
     out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
     return out.transpose(1, 2)
+
+
+def attention_with_past(q, past_key, past_value, key, value) -> torch.Tensor:
+    """Attention of q over ``[past ‖ block]`` K/V, all ``[B, L, H, D]``.
+
+    Where fusion runs (CUDA, inference, 16-bit) the two parts are attended separately and merged by their
+    log-sum-exp, so the cache is never copied: a ``torch.cat`` of it would cost a cache-sized transient and its
+    bandwidth in every pass of every softmax layer.
+    """
+    if past_key.shape[1] == 0 or q.dtype not in (torch.float16, torch.bfloat16) or not fusion_wanted(q):
+        return attention(q, torch.cat([past_key, key], dim=1), torch.cat([past_value, value], dim=1))
+    o_past, lse_past = attention_lse(q, past_key, past_value)
+    o_block, lse_block = attention_lse(q, key, value)
+    return merge_attention(o_past, lse_past, o_block, lse_block)
+
+
+def attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output ``[B, Lq, H, D]`` and natural-log log-sum-exp of the scores ``[B, Lq, H]`` (fp32), fused on CUDA."""
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    if q.is_cuda:
+        # cuDNN is the fastest here at long key lengths (the SDPA priority the benchmarks use); flash where it is not
+        # built. Both are aten's own kernels behind F.scaled_dot_product_attention, asked for the statistics.
+        try:
+            out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(qt, kt, vt, None, True)[:2]
+        except RuntimeError:
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt)[:2]
+    else:
+        scores = (qt.to(accum_dtype(q.dtype)) @ kt.to(accum_dtype(q.dtype)).transpose(-1, -2)) / q.shape[-1] ** 0.5
+        lse = torch.logsumexp(scores, dim=-1)
+        out = (torch.softmax(scores, dim=-1) @ vt.to(scores.dtype)).to(q.dtype)
+    b, h, lq = qt.shape[:3]
+    return out.transpose(1, 2), lse.reshape(b, h, lq).transpose(1, 2)
+
+
+@fused
+def merge_attention(o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Tensor, lse_b: torch.Tensor) -> torch.Tensor:
+    """Softmax attention over the union of two key sets from each set's output and log-sum-exp ``[B, L, H]``."""
+    m = torch.maximum(lse_a, lse_b)
+    w_a, w_b = (lse_a - m).exp()[..., None], (lse_b - m).exp()[..., None]
+    dt = accum_dtype(o_a.dtype)
+    return ((o_a.to(dt) * w_a + o_b.to(dt) * w_b) / (w_a + w_b)).to(o_a.dtype)
 
 
 class FeedForward(nn.Sequential):

@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from arl2rt.errors import Arl2rtError
-from arl2rt.model.dit import CausalDiT, DiTBlock, _gated, _modulate
+from arl2rt.model.attention import gated_sum
+from arl2rt.model.dit import CausalDiT, DiTBlock, gated_add, norm_modulate
 from arl2rt.model.gated_delta import block_read, chunk_gated_delta_rule_state
-from arl2rt.model.layers import accum_dtype, apply_rope, attention, sinusoidal_embedding
+from arl2rt.model.layers import accum_dtype, attention, sinusoidal_embedding
 
 
 def clip_forward(
@@ -126,14 +127,14 @@ def _layer(blk: DiTBlock, x, e, cos, sin, context_kv, mask, num_blocks, clean_le
     """One DiT layer over the whole sequence; the same composition as ``DiTBlock.forward`` with sequence attention."""
     frames = e.shape[1]
     e = (blk.modulation.to(e.dtype)[:, None] + e).unbind(2)
-    y_in = _modulate(blk.norm1(x), e[0], e[1], frames)
+    y_in = norm_modulate(x, e[0], e[1], frames, blk.norm1.eps)
     if blk.hybrid:
         y = _hybrid_attention(blk.self_attn, y_in, cos, sin, num_blocks, clean_len)
     else:
         y = _softmax_attention(blk.self_attn, y_in, cos, sin, mask)
-    x = x + _gated(y, e[2], frames)
+    x = gated_add(x, y, e[2], frames)
     x = x + blk.cross_attn(blk.norm3(x), *context_kv)
-    return x + _gated(blk.ffn(_modulate(blk.norm2(x), e[3], e[4], frames)), e[5], frames)
+    return gated_add(x, blk.ffn(norm_modulate(x, e[3], e[4], frames, blk.norm2.eps)), e[5], frames)
 
 
 def _softmax_attention(attn, x, cos, sin, mask):
@@ -149,8 +150,7 @@ def _hybrid_attention(attn, x, cos, sin, num_blocks, clean_len):
     only the grouping differs: all blocks at once, each reading its own pre-update state.
     """
     q_proj, k_proj, v_proj = attn.q(x), attn.k(x), attn.v(x)
-    q = apply_rope(attn.heads(attn.norm_q(q_proj)), cos, sin)
-    k = apply_rope(attn.heads(attn.norm_k(k_proj)), cos, sin)
+    q, k = attn.rope_qk(q_proj, k_proj, cos, sin)
     q_mem = attn.memory_query(x, cos, sin, q_proj)
     blocks = x.shape[1] // (clean_len // num_blocks)  # blocks of the whole sequence (both halves)
 
@@ -165,8 +165,7 @@ def _hybrid_attention(attn, x, cos, sin, num_blocks, clean_len):
     states = _block_states(*attn.write_inputs(x[:, c], k_proj[:, c], v_proj[:, c], cos[c], sin[c]), num_blocks)
     states = states.repeat(1, blocks // num_blocks, 1, 1, 1).flatten(0, 1)  # clean and noisy block j read S_j
     o_inter = block_read(per_block(q_mem), states)
-    gate = torch.sigmoid(attn.gate_proj(x))[..., None]
-    return attn.o((sequence(o_intra) + gate * sequence(o_inter)).flatten(2))
+    return attn.o(gated_sum(sequence(o_intra), attn.gate_proj(x), sequence(o_inter)).flatten(2))
 
 
 def _block_states(k, v, g, beta, num_blocks: int) -> torch.Tensor:
