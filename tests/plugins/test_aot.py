@@ -92,6 +92,11 @@ out["combine"] = {
     "segments": [combine.segments, narrow.stage.segments],
     "none_fits": error(lambda: aot.compile_stage(combine, target=SM90, shared_limit=1)),
 }
+# every stage at Wan2.1-1.3B's shape, as aot_impl compiles it (no opt-in): fp32 once needed 64 KB in the prep
+out["wan"] = {
+    str(dt): [aot.compile_stage(st, target=SM90).shared for st in aot.gdn_stages(12, 128, 128, dt, seq_len=4680)]
+    for dt in (torch.float32, torch.bfloat16)
+}
 try:  # the ptxas Triton itself uses for sm_90 (it accepts the PTX version Triton emits)
     from triton.backends.nvidia.compiler import get_ptxas
 
@@ -150,6 +155,11 @@ def test_shared_memory_above_the_limit_is_refused_without_opt_in(compiled):
     assert 0 < prep["shared"] <= aot.AOT_SHARED_LIMIT
     assert "shared memory" in prep["limit_error"] and str(prep["shared"]) in prep["limit_error"]
     assert prep["opt_in_shared"] == prep["shared"]
+
+
+def test_every_stage_at_wan_shape_fits_a_plain_launch(compiled):
+    for dtype, shared in compiled["wan"].items():
+        assert len(shared) == 3 and all(0 < s <= aot.AOT_SHARED_LIMIT for s in shared), (dtype, shared)
 
 
 def test_a_stage_over_the_limit_shrinks_its_tile_not_its_tensors(compiled):

@@ -362,6 +362,9 @@ class ChunkConfig:
     48 KB of shared memory, for ahead-of-time launches). ``half_dots``: see the module docstring. ``precision``:
     Triton ``input_precision`` of fp32 products (None: "tf32x3" for fp32 inputs, "tf32" for half inputs).
     ``store_dtype``: dtype of W and U in the workspace (None: the input dtype; fp32 is more accurate and slower).
+    ``prep_precision``: ``input_precision`` of the prep's products for fp32 inputs (None: as ``precision``); "ieee"
+    (CUDA-core fp32) needs 32 KB of shared memory where tf32x3 stages both halves of both operands (64 KB), over the
+    48 KB an ahead-of-time launch may use.
     """
 
     segments: int | None = None
@@ -376,6 +379,7 @@ class ChunkConfig:
     half_dots: bool = True
     precision: str | None = None
     store_dtype: torch.dtype | None = None
+    prep_precision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -474,7 +478,7 @@ def plan_chunk(
             {
                 "K": K,
                 "V": V,
-                "PREC": prec,
+                "PREC": (dtype == torch.float32 and cfg.prep_precision) or prec,
                 "ROW_SCALED": not with_output,
                 "UPCAST": upcast,
             },
