@@ -125,3 +125,28 @@ def test_euler_sampler_follows_the_flow_ode_and_draws_no_noise(tiny_cfg, tiny_co
         assert torch.equal(s.generator.get_state(), expected.get_state())
     with pytest.raises(Arl2rtError, match="sampler 'heun'"):
         dataclasses.replace(cfg, sampler="heun")
+
+
+def test_own_reconstruction_is_the_models_x0_of_the_true_frames(embedded, balls):
+    """The self-context of training (tools/train_embedded/train.py): x0 = x_t - s v lands near the true frames."""
+    data, _ = balls
+    sys.path.insert(0, str(TOOLS))
+    try:
+        import train
+    finally:
+        sys.path.remove(str(TOOLS))
+    prompts, clips, _ = data.make_batch(3, 4, torch.Generator().manual_seed(5), torch.device("cpu"))
+    with torch.no_grad():
+        ctx = embedded.model.encode_context(
+            embedded.encoder(torch.stack([embedded.encoder.token_ids(p) for p in prompts]))
+        )
+    errors = []
+    for t in (300.0, 600.0):
+        t_ctx = torch.full((3, 4), t)
+        rec = train.own_reconstruction(embedded, clips, ctx, 2, t_ctx, torch.Generator().manual_seed(1))
+        noisy, _ = train.noised(clips, t_ctx, torch.Generator().manual_seed(1))
+        assert rec.shape == clips.shape and rec.abs().max() <= 1.0
+        err = ((rec - clips).norm() / clips.norm()).item()
+        assert err < 0.25 * ((noisy - clips).norm() / clips.norm()).item()
+        errors.append(err)
+    assert 0 < errors[0] < errors[1]  # more noise, a worse reconstruction: the model's own kind of error

@@ -48,20 +48,49 @@ def sample_timesteps(shape, table: torch.Tensor, gen: torch.Generator) -> torch.
     return torch.where(torch.rand(shape, generator=gen) < 0.5, discrete, uniform)
 
 
-def batch_loss(em, cfg, table, batch: int, frames: int, gen, device, context_noise: float) -> torch.Tensor:
-    """Flow-matching loss of one teacher-forced batch: per-frame t, target velocity ``eps - x0``."""
+def noised(clips: torch.Tensor, t: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flow-matching interpolation at per-frame t ``[B, F]``: ``x_t = (1 - s) x0 + s eps`` with s = t / 1000."""
+    eps = torch.randn(clips.shape, generator=gen).to(clips.device)
+    sigma = (t / 1000)[:, None, :, None, None]
+    return (1 - sigma) * clips + sigma * eps, eps
+
+
+def own_reconstruction(em, clips, context_kv, offset: int, t_ctx: torch.Tensor, gen) -> torch.Tensor:
+    """The model's one-step x0 of every true frame noised at ``t_ctx`` (each given the true frames before it), no grad.
+
+    Frames as the model itself draws them (dimmer, blurrier where it is unsure), for use as the clean context: the
+    model then learns the next true frame from context with its own kind of error, not only from perfect renders.
+    """
+    noisy, _ = noised(clips, t_ctx, gen)
+    with torch.no_grad():
+        v = teacher_forcing_forward(em.model, clips, noisy, t_ctx, context_kv, frame_offset=offset)
+    sigma = (t_ctx / 1000)[:, None, :, None, None]
+    return (noisy - sigma * v.float()).clamp(-1.0, 1.0)  # x0 = x_t - s v, as v = eps - x0
+
+
+def batch_loss(
+    em, cfg, table, batch: int, frames: int, gen, device, context_noise: float, self_context: float = 0.0
+) -> torch.Tensor:
+    """Flow-matching loss of one teacher-forced batch: per-frame t, target velocity ``eps - x0``.
+
+    With probability ``self_context`` the clean half is the model's own reconstruction of the clip
+    (:func:`own_reconstruction`, t_ctx uniform in [200, 600]) instead of the clip plus a little noise.
+    """
     prompts, clips, _ = make_batch(batch, frames, gen, device)
     ids = torch.stack([em.encoder.token_ids(p) for p in prompts]).to(device)
     t = sample_timesteps((batch, frames), table, gen).to(device)
-    sigma = (t / 1000)[:, None, :, None, None]
-    eps = torch.randn(clips.shape, generator=gen).to(device)
-    noisy = (1 - sigma) * clips + sigma * eps
-    # a little noise on the clean half: generated frames the model commits are never exactly clean renders
-    ctx_std = context_noise * torch.rand(batch, 1, 1, 1, 1, generator=gen).to(device)
-    clean = clips + ctx_std * torch.randn(clips.shape, generator=gen).to(device)
+    noisy, eps = noised(clips, t, gen)
     offset = int(torch.randint(0, cfg.rope_max_positions - frames + 1, (), generator=gen))
+    own = self_context > 0 and float(torch.rand((), generator=gen)) < self_context
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         context_kv = em.model.encode_context(em.encoder(ids))
+        if own:
+            t_ctx = (200 + 400 * torch.rand(batch, frames, generator=gen)).to(device)
+            clean = own_reconstruction(em, clips, context_kv, offset, t_ctx, gen)
+        else:
+            # a little noise on the clean half: generated frames the model commits are never exactly clean renders
+            ctx_std = context_noise * torch.rand(batch, 1, 1, 1, 1, generator=gen).to(device)
+            clean = clips + ctx_std * torch.randn(clips.shape, generator=gen).to(device)
         v = teacher_forcing_forward(em.model, clean, noisy, t, context_kv, frame_offset=offset)
     return F.mse_loss(v.float(), eps - clips)
 
@@ -84,6 +113,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--ema", type=float, default=0.995)
     ap.add_argument("--context-noise", type=float, default=0.03, help="max std of noise added to the clean half")
+    ap.add_argument(
+        "--self-context", type=float, default=0.0, help="probability that the clean half is the model's own one-step x0"
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--first-frames", type=int, default=0, help="extra 1-frame clips per step (prompt-only frames)")
     ap.add_argument("--init", type=Path, help="start from these weights (a train.py output or the shipped file)")
@@ -124,7 +156,7 @@ def main() -> None:
         for group in opt.param_groups:
             group["lr"] = lr
 
-        loss = batch_loss(em, cfg, table, args.batch, args.frames, gen, device, args.context_noise)
+        loss = batch_loss(em, cfg, table, args.batch, args.frames, gen, device, args.context_noise, args.self_context)
         if args.first_frames:
             # prompt-only first frames are the hard case (no context): train them on their own as well
             first = batch_loss(em, cfg, table, args.first_frames, 1, gen, device, args.context_noise)
