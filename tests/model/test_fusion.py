@@ -141,3 +141,55 @@ def test_a_fused_model_step_matches_the_unfused_one(monkeypatch):
         plain_out = model.step(x, t, 2, ctx, states, past, True)
     for a, b in [(fused_out.velocity, plain_out.velocity), *zip(fused_out.states.values(), plain_out.states.values())]:
         assert ((a.double() - b.double()).norm() / b.double().norm()).item() < 2e-2
+
+
+def test_a_chain_whose_compilation_fails_warns_once_and_runs_unfused(monkeypatch):
+    from arl2rt.model import fusion
+
+    calls = {"compile": 0}
+
+    def broken_compile(fn, **kwargs):
+        calls["compile"] += 1
+
+        def run(*args, **kw):
+            raise RuntimeError("no C++ compiler")
+
+        return run
+
+    monkeypatch.setattr(fusion, "fusion_wanted", lambda x: True)
+    monkeypatch.setattr(fusion.torch, "compile", broken_compile)
+
+    @fusion.fused
+    def double(x):
+        return 2 * x
+
+    x = torch.arange(3.0)
+    with pytest.warns(RuntimeWarning, match="could not fuse double"):
+        assert torch.equal(double(x), 2 * x)
+    assert torch.equal(double(x), 2 * x) and calls["compile"] == 1  # no second attempt, no second warning
+
+
+def test_a_failure_after_a_compiled_call_succeeded_is_raised(monkeypatch):
+    from arl2rt.model import fusion
+
+    outcomes = iter([None, ValueError("bad input")])
+
+    def flaky_compile(fn, **kwargs):
+        def run(*args, **kw):
+            outcome = next(outcomes)
+            if outcome is not None:
+                raise outcome
+            return fn(*args, **kw)
+
+        return run
+
+    monkeypatch.setattr(fusion, "fusion_wanted", lambda x: True)
+    monkeypatch.setattr(fusion.torch, "compile", flaky_compile)
+
+    @fusion.fused
+    def double(x):
+        return 2 * x
+
+    assert torch.equal(double(torch.ones(2)), torch.full((2,), 2.0))
+    with pytest.raises(ValueError, match="bad input"):
+        double(torch.ones(2))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -34,16 +35,35 @@ def fusion_wanted(x: torch.Tensor) -> bool:
 
 
 def fused(fn: F) -> F:
-    """Run ``fn`` compiled where :func:`fusion_wanted` holds for its first argument, else as written."""
+    """Run ``fn`` compiled where :func:`fusion_wanted` holds for its first argument, else as written.
+
+    If the first compiled call fails (a platform where ``torch.compile`` cannot build kernels), the chain warns once
+    and runs as written from then on; a failure after a compiled call has succeeded is re-raised.
+    """
     compiled: Callable[..., torch.Tensor] | None = None
+    state = {"proven": False, "unavailable": False}
 
     @functools.wraps(fn)
     def run(x: torch.Tensor, *args, **kwargs):
         nonlocal compiled
-        if not fusion_wanted(x):
+        if state["unavailable"] or not fusion_wanted(x):
             return fn(x, *args, **kwargs)
         if compiled is None:
             compiled = torch.compile(fn, dynamic=False, fullgraph=True)
-        return compiled(x, *args, **kwargs)
+        try:
+            out = compiled(x, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure means: run the plain body
+            if state["proven"]:
+                raise
+            state["unavailable"] = True
+            warnings.warn(
+                f"arl2rt: torch.compile could not fuse {fn.__name__} ({type(exc).__name__}: {str(exc)[:200]}); "
+                "running it unfused (set ARL2RT_FUSE=0 to skip the attempt)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return fn(x, *args, **kwargs)
+        state["proven"] = True
+        return out
 
     return run  # type: ignore[return-value]
