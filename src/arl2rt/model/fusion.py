@@ -34,36 +34,42 @@ def fusion_wanted(x: torch.Tensor) -> bool:
     )
 
 
+class _Chain:
+    """A pointwise chain: its plain body, and its compiled form once one has been built and has run."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor]) -> None:
+        self.fn = fn
+        self.compiled: Callable[..., torch.Tensor] | None = None
+        self.proven = False  # a compiled call has succeeded
+        self.unavailable = False  # the first compiled call failed: plain body from now on
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.unavailable or not fusion_wanted(x):
+            return self.fn(x, *args, **kwargs)
+        if self.compiled is None:
+            self.compiled = torch.compile(self.fn, dynamic=False, fullgraph=True)
+        try:
+            out = self.compiled(x, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure means: run the plain body
+            if self.proven:
+                raise
+            self.unavailable = True
+            warnings.warn(
+                f"arl2rt: torch.compile could not fuse {self.fn.__name__} ({type(exc).__name__}: {str(exc)[:200]}); "
+                "running it unfused (set ARL2RT_FUSE=0 to skip the attempt)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return self.fn(x, *args, **kwargs)
+        self.proven = True
+        return out
+
+
 def fused(fn: F) -> F:
     """Run ``fn`` compiled where :func:`fusion_wanted` holds for its first argument, else as written.
 
     If the first compiled call fails (a platform where ``torch.compile`` cannot build kernels), the chain warns once
     and runs as written from then on; a failure after a compiled call has succeeded is re-raised.
     """
-    compiled: Callable[..., torch.Tensor] | None = None
-    state = {"proven": False, "unavailable": False}
-
-    @functools.wraps(fn)
-    def run(x: torch.Tensor, *args, **kwargs):
-        nonlocal compiled
-        if state["unavailable"] or not fusion_wanted(x):
-            return fn(x, *args, **kwargs)
-        if compiled is None:
-            compiled = torch.compile(fn, dynamic=False, fullgraph=True)
-        try:
-            out = compiled(x, *args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - any compiler failure means: run the plain body
-            if state["proven"]:
-                raise
-            state["unavailable"] = True
-            warnings.warn(
-                f"arl2rt: torch.compile could not fuse {fn.__name__} ({type(exc).__name__}: {str(exc)[:200]}); "
-                "running it unfused (set ARL2RT_FUSE=0 to skip the attempt)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return fn(x, *args, **kwargs)
-        state["proven"] = True
-        return out
-
-    return run  # type: ignore[return-value]
+    return _Chain(fn)  # type: ignore[return-value]
