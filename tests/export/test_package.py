@@ -12,8 +12,8 @@ from export_helpers import MICRO
 
 from arl2rt.errors import Arl2rtError
 from arl2rt.export import package as package_module
-from arl2rt.export.manifest import sha256_file
 from arl2rt.export.package import GRAPH_FILES, MANIFEST_NAME, WEIGHTS_NAME, ModelPackage, export_package
+from arl2rt.files import sha256_file
 
 
 @pytest.fixture

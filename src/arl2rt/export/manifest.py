@@ -6,7 +6,6 @@ raises an Arl2rtError naming the manifest, the field, what was expected and what
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 from arl2rt import __version__
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import GRAPHS, StateSpec
+from arl2rt.files import file_record
 from arl2rt.plugins.gdn.plugin_spec import PluginSpec
 
 FORMAT = "arl2rt-package"
@@ -35,14 +35,6 @@ REQUIRED = {
     "graphs": dict,
     "files": dict,
 }
-
-
-def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _versions() -> dict[str, str | None]:
@@ -83,7 +75,7 @@ def build_manifest(
         "config": spec.config.to_dict(),
         "state_spec": spec.to_dict(),
         "graphs": {g: {"file": graph_files[g], "passes": passes[g]} for g in GRAPHS},
-        "files": {f: {"bytes": (root / f).stat().st_size, "sha256": sha256_file(root / f)} for f in sorted(files)},
+        "files": {f: file_record(root / f) for f in sorted(files)},
         "exporter": {"method": "torch.onnx.export(dynamo=True)", "versions": _versions()},
     }
     if plugin_mode is not None:

@@ -24,10 +24,11 @@ from google.protobuf.message import DecodeError
 
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.external_data import SharedWeights
-from arl2rt.export.manifest import build_manifest, check_manifest, sha256_file
+from arl2rt.export.manifest import build_manifest, check_manifest
 from arl2rt.export.onnx_export import EXPORT_DTYPES, EXPORT_OPSET, export_graph
 from arl2rt.export.state_spec import GRAPHS, PAST_LEN, StateSpec, TensorSpec
 from arl2rt.export.targets import TRT_PLUGIN_MODES, apply_target, get_target
+from arl2rt.files import check_file
 from arl2rt.model.config import ModelConfig
 from arl2rt.model.dit import CausalDiT
 from arl2rt.plugins.gdn.plugin_spec import register_onnx_schema
@@ -171,14 +172,8 @@ class ModelPackage:
             path = self.root / name
             if not path.is_file():
                 raise Arl2rtError(f"package {self.root}: file {name} listed in {MANIFEST_NAME} is missing")
-            if not hashes:
-                continue
-            size = path.stat().st_size
-            if size != entry["bytes"]:
-                raise Arl2rtError(f"{path}: expected {entry['bytes']} bytes, found {size} (truncated or replaced?)")
-            digest = sha256_file(path)
-            if digest != entry["sha256"]:
-                raise Arl2rtError(f"{path}: expected sha256 {entry['sha256']}, found {digest} (modified?)")
+            if hashes:
+                check_file(path, entry)
 
     def check_graph(self, graph: str) -> None:
         """Raise unless the graph's inputs and outputs are the StateSpec's, name for name, dtype and shape, and each

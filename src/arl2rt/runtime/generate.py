@@ -55,6 +55,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from arl2rt.errors import Arl2rtError
+from arl2rt.files import sha256_file
 from arl2rt.model.config import ModelConfig, load_config
 from arl2rt.model.dit import CausalDiT
 from arl2rt.runtime import session as sessions
@@ -170,7 +171,7 @@ class LoadedModel:
             if self.package is not None:
                 from arl2rt.export.package import MANIFEST_NAME
 
-                self._identity = sessions.file_sha256(Path(self.package.root) / MANIFEST_NAME)
+                self._identity = sha256_file(Path(self.package.root) / MANIFEST_NAME)
             else:
                 self._identity = sessions.module_identity(self.model)
         return self._identity

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from arl2rt import __version__
 from arl2rt.errors import Arl2rtError
+from arl2rt.files import file_record, sha256_file
 from arl2rt.model.dit import CausalDiT
 from arl2rt.runtime.streamer import Streamer, StreamPosition
 
@@ -42,14 +43,6 @@ TENSORS = "state.safetensors"
 META = "session.json"
 RNG_KEY = "__rng_state__"
 _SNAP = re.compile(r"snap-(\d{6,})")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def module_identity(model: CausalDiT) -> str:
@@ -134,7 +127,7 @@ def save_snapshot(root: Path, streamer: Streamer, meta: dict[str, Any]) -> Path:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **meta,
             "position": {"block": pos.block, "frame": pos.frame, "rope_frame": pos.rope_frame},
-            "tensors": {"file": TENSORS, "sha256": file_sha256(tmp / TENSORS), "bytes": (tmp / TENSORS).stat().st_size},
+            "tensors": {"file": TENSORS, **file_record(tmp / TENSORS)},
         }
         with open(tmp / META, "w") as f:
             json.dump(record, f, indent=2)
@@ -178,7 +171,7 @@ def load_snapshot(root: Path) -> Snapshot:
     path = snap / TENSORS
     if not path.is_file():
         raise Arl2rtError(f"session {path}: missing; the snapshot is incomplete")
-    want, got = meta["tensors"]["sha256"], file_sha256(path)
+    want, got = meta["tensors"]["sha256"], sha256_file(path)
     if want != got:
         raise Arl2rtError(f"session {path}: sha256 {got[:16]}… does not match the recorded {want[:16]}…; corrupted")
     try:

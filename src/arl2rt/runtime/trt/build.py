@@ -21,7 +21,8 @@ from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 import arl2rt
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import GRAPHS
-from arl2rt.runtime.trt.cache import CacheEntry, EngineCache, file_sha256
+from arl2rt.files import sha256_file
+from arl2rt.runtime.trt.cache import CacheEntry, EngineCache
 from arl2rt.runtime.trt.flavour import Flavour, device_key, load_flavour
 from arl2rt.runtime.trt.loaders import CreateConfig, EngineBytes, NetworkFromOnnx, check_network_io, network_io
 from arl2rt.runtime.trt.profiles import dim_ranges, profile_shapes
@@ -55,7 +56,7 @@ def graph_digest(path: Path, model: onnx.ModelProto, known: dict[Path, str] | No
 
     def digest(file: Path) -> str:
         if file not in known:
-            known[file] = file_sha256(file)
+            known[file] = sha256_file(file)
         return known[file]
 
     h = hashlib.sha256(digest(path).encode())
@@ -94,7 +95,7 @@ def plugin_digest() -> str:
     root = Path(__file__).resolve().parents[2] / "plugins"
     h = hashlib.sha256(f"triton {triton.__version__}".encode())
     for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode() + file_sha256(path).encode())
+        h.update(str(path.relative_to(root)).encode() + sha256_file(path).encode())
     return h.hexdigest()
 
 

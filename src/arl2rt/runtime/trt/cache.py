@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arl2rt.errors import Arl2rtError
+from arl2rt.files import check_file
 
 ENTRY_FILE = "entry.json"
 ENTRY_FORMAT = 1
@@ -27,14 +28,6 @@ ENTRY_FORMAT = 1
 def key_digest(key: dict) -> str:
     """sha256 of the key's canonical JSON: the entry's directory name."""
     return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -83,14 +76,7 @@ def read_entry(path: Path, expected_key: dict | None = None) -> CacheEntry:
     engines = {}
     for graph, info in record.get("engines", {}).items():
         file = path / info["file"]
-        if not file.is_file():
-            raise Arl2rtError(f"{file}: engine file missing (entry lists {info['bytes']} bytes)")
-        size = file.stat().st_size
-        if size != info["bytes"]:
-            raise Arl2rtError(f"{file}: expected {info['bytes']} bytes, found {size}")
-        digest = file_sha256(file)
-        if digest != info["sha256"]:
-            raise Arl2rtError(f"{file}: expected sha256 {info['sha256']}, found {digest}")
+        check_file(file, info)
         engines[graph] = file
     return CacheEntry(path, key, engines, record)
 
