@@ -575,6 +575,25 @@ def _run_plan(plan: ChunkPlan, ptrs: dict, sizes: dict, workspace, stream, resul
             results.append(compiled)
 
 
+def _update_args(k, v, g, beta, initial_state, final_state, dtype: torch.dtype) -> dict:
+    """Kernel arguments of the update's tensors; a missing initial state reads the (unread) final state's address."""
+    f32 = torch.float32
+    out = as_kernel_arg(final_state, f32, "final_state")
+    return {
+        "k": as_kernel_arg(k, dtype, "k"),
+        "v": as_kernel_arg(v, dtype, "v"),
+        "g": as_kernel_arg(g, f32, "g"),
+        "beta": as_kernel_arg(beta, f32, "beta"),
+        "s0": out if initial_state is None else as_kernel_arg(initial_state, f32, "initial_state"),
+        "out": out,
+    }
+
+
+def _sizes(plan: ChunkPlan, seq_len: int, num_heads: int) -> dict[str, int]:
+    nt = math.ceil(seq_len / CHUNK)
+    return {"T": seq_len, "H": num_heads, "NT": nt, "CPS": plan.chunks_per_segment, "NSEG": plan.segments}
+
+
 def launch_gdn_state_update(
     k,
     v,
@@ -604,20 +623,8 @@ def launch_gdn_state_update(
     plan = plan_chunk(
         batch, seq_len, num_heads, head_k, head_v, dtype, has_initial_state=initial_state is not None, config=config
     )
-    f32 = torch.float32
-    out = as_kernel_arg(final_state, f32, "final_state")
-    ptrs = {
-        "k": as_kernel_arg(k, dtype, "k"),
-        "v": as_kernel_arg(v, dtype, "v"),
-        "g": as_kernel_arg(g, f32, "g"),
-        "beta": as_kernel_arg(beta, f32, "beta"),
-        "s0": out if initial_state is None else as_kernel_arg(initial_state, f32, "initial_state"),
-        "hs": out,
-        "out": out,
-    }
-    sizes = {"T": seq_len, "H": num_heads, "NT": math.ceil(seq_len / CHUNK), "CPS": plan.chunks_per_segment}
-    sizes["NSEG"] = plan.segments
-    _run_plan(plan, ptrs, sizes, workspace, stream, compiled)
+    ptrs = _update_args(k, v, g, beta, initial_state, final_state, dtype)
+    _run_plan(plan, {**ptrs, "hs": ptrs["out"]}, _sizes(plan, seq_len, num_heads), workspace, stream, compiled)
 
 
 def launch_gdn_forward(
@@ -658,20 +665,9 @@ def launch_gdn_forward(
         has_initial_state=initial_state is not None,
         config=config,
     )
-    f32 = torch.float32
-    out = as_kernel_arg(final_state, f32, "final_state")
-    ptrs = {
-        "q": as_kernel_arg(q, dtype, "q"),
-        "k": as_kernel_arg(k, dtype, "k"),
-        "v": as_kernel_arg(v, dtype, "v"),
-        "g": as_kernel_arg(g, f32, "g"),
-        "beta": as_kernel_arg(beta, f32, "beta"),
-        "s0": out if initial_state is None else as_kernel_arg(initial_state, f32, "initial_state"),
-        "out": out,
-        "o": as_kernel_arg(o, dtype, "o"),
-    }
-    sizes = {"T": seq_len, "H": num_heads, "NT": math.ceil(seq_len / CHUNK), "CPS": plan.chunks_per_segment, "NSEG": 1}
-    _run_plan(plan, ptrs, sizes, workspace, stream, compiled)
+    ptrs = _update_args(k, v, g, beta, initial_state, final_state, dtype)
+    ptrs.update(q=as_kernel_arg(q, dtype, "q"), o=as_kernel_arg(o, dtype, "o"))
+    _run_plan(plan, ptrs, _sizes(plan, seq_len, num_heads), workspace, stream, compiled)
 
 
 def _check_inputs(q, k, v, g, beta, initial_state) -> None:
