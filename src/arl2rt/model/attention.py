@@ -17,16 +17,16 @@ from arl2rt.model.layers import (
     rms_norm_rope,
     rope_l2norm,
 )
+from arl2rt.plugins.common import kernels_support
 from arl2rt.plugins.gdn.op import gdn_state_update
 
 
 def memory_read(q: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
     """The block read: the Triton kernel on CUDA (plugins/gdn/read.py), the reference on a CPU and while tracing."""
     if q.is_cuda and not torch.compiler.is_compiling():
-        from arl2rt.plugins.gdn import read  # imports Triton: CUDA only
+        if kernels_support(q.shape[-1], state.shape[-1], q.dtype):
+            from arl2rt.plugins.gdn import read  # imports Triton: CUDA only
 
-        dims_ok = q.shape[-1] in read.SUPPORTED_DIMS and state.shape[-1] in read.SUPPORTED_DIMS
-        if dims_ok and q.dtype in read.INPUT_DTYPES:
             return read.block_read(q, state)
     return block_read(q, state)
 

@@ -99,3 +99,25 @@ def run_launch(launch: KernelLaunch, args: Sequence[Any], stream: int | torch.cu
         return launch.kernel[launch.grid](
             *args, **launch.constexprs, num_warps=launch.num_warps, num_stages=launch.num_stages
         )
+
+
+# What the GDN kernels take: head dims (K, V each) and q/k/v dtypes; g, beta and states are fp32.
+SUPPORTED_DIMS = (16, 32, 64, 128)
+INPUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def kernels_support(head_k: int, head_v: int, dtype: torch.dtype) -> bool:
+    """Whether the GDN kernels take these head dims and q/k/v dtype (else callers use the torch reference)."""
+    return head_k in SUPPORTED_DIMS and head_v in SUPPORTED_DIMS and dtype in INPUT_DTYPES
+
+
+def check_kernel_sizes(
+    batch: int, seq_len: int, num_heads: int, head_k: int, head_v: int, dtype: torch.dtype, inputs: str
+) -> None:
+    """Raise ``ValueError`` naming what is outside what the kernels take (``inputs`` names the dtype's tensors)."""
+    if dtype not in INPUT_DTYPES:
+        raise ValueError(f"{inputs} dtype must be one of {INPUT_DTYPES}; got {dtype}")
+    if head_k not in SUPPORTED_DIMS or head_v not in SUPPORTED_DIMS:
+        raise ValueError(f"head dims K={head_k}, V={head_v}: each must be one of {SUPPORTED_DIMS}")
+    if batch < 1 or num_heads < 1 or seq_len < 1:
+        raise ValueError(f"need B, H, T >= 1; got B={batch}, H={num_heads}, T={seq_len}")

@@ -46,6 +46,7 @@ from arl2rt.plugins.common import (
     DevicePtr,
     KernelLaunch,
     as_kernel_arg,
+    check_kernel_sizes,
     is_interpreted,
     pointer_type,
     run_launch,
@@ -53,8 +54,6 @@ from arl2rt.plugins.common import (
 )
 
 CHUNK = 64
-SUPPORTED_DIMS = (16, 32, 64, 128)
-INPUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _ALIGN = 256
 
 
@@ -393,15 +392,6 @@ class ChunkPlan:
     chunks_per_segment: int
 
 
-def _check_sizes(batch: int, seq_len: int, num_heads: int, head_k: int, head_v: int, dtype: torch.dtype) -> None:
-    if dtype not in INPUT_DTYPES:
-        raise ValueError(f"q/k/v dtype must be one of {INPUT_DTYPES}; got {dtype}")
-    if head_k not in SUPPORTED_DIMS or head_v not in SUPPORTED_DIMS:
-        raise ValueError(f"head dims K={head_k}, V={head_v}: each must be one of {SUPPORTED_DIMS}")
-    if batch < 1 or num_heads < 1 or seq_len < 1:
-        raise ValueError(f"need B, H, T >= 1; got B={batch}, H={num_heads}, T={seq_len}")
-
-
 def _segments(cfg: ChunkConfig, bh: int, nt: int, ndv: int, ncol: int) -> int:
     if cfg.segments is not None:
         want = cfg.segments
@@ -434,7 +424,7 @@ def plan_chunk(
     is known once compiled (``triton.compile(...).metadata.shared``); the H200 values are logged by
     ``benchmarks/gdn_kernels.py``.
     """
-    _check_sizes(batch, seq_len, num_heads, head_k, head_v, dtype)
+    check_kernel_sizes(batch, seq_len, num_heads, head_k, head_v, dtype, "q/k/v")
     cfg = config or ChunkConfig()
     K, V, bh = head_k, head_v, batch * num_heads
     nt = math.ceil(seq_len / CHUNK)
@@ -716,7 +706,7 @@ def chunk_gated_delta_rule(
     if t == 0:
         state = s0.clone() if s0 is not None else k.new_zeros(b, h, dk, dv, dtype=torch.float32)
         return (v.new_empty(b, 0, h, dv) if q is not None else None), state
-    _check_sizes(b, t, h, dk, dv, dtype)
+    check_kernel_sizes(b, t, h, dk, dv, dtype, "q/k/v")
     args = (k.contiguous(), v.contiguous(), g.to(torch.float32).contiguous(), beta.to(torch.float32).contiguous(), s0)
     state = torch.empty(b, h, dk, dv, dtype=torch.float32, device=k.device)
     if q is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from arl2rt.model.gated_delta import chunk_gated_delta_rule_state
+from arl2rt.plugins.common import kernels_support
 
 OP_NAMESPACE = "arl2"
 OP_NAME = "gdn_state_update"
@@ -35,8 +36,8 @@ def _(k, v, g, beta, state):
 @gdn_state_update.register_kernel("cuda")
 def _(k, v, g, beta, state):
     # Triton is imported on first CUDA call only; shapes or dtypes the kernel lacks fall back to the reference.
-    from arl2rt.plugins.gdn import chunk
+    if kernels_support(k.shape[-1], v.shape[-1], k.dtype):
+        from arl2rt.plugins.gdn import chunk
 
-    if k.shape[-1] in chunk.SUPPORTED_DIMS and v.shape[-1] in chunk.SUPPORTED_DIMS and k.dtype in chunk.INPUT_DTYPES:
         return chunk.chunk_gated_delta_rule_state(k, v.to(k.dtype), g, beta, state).to(state.dtype)
     return chunk_gated_delta_rule_state(k, v, g, beta, state).to(state.dtype)

@@ -19,10 +19,14 @@ import torch
 import triton
 import triton.language as tl
 
-from arl2rt.plugins.common import KernelLaunch, as_kernel_arg, is_interpreted, pointer_type, run_launch
-
-SUPPORTED_DIMS = (16, 32, 64, 128)
-INPUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+from arl2rt.plugins.common import (
+    KernelLaunch,
+    as_kernel_arg,
+    check_kernel_sizes,
+    is_interpreted,
+    pointer_type,
+    run_launch,
+)
 
 
 @triton.jit
@@ -120,12 +124,7 @@ def plan_block_read(
     config: ReadConfig | None = None,
 ) -> tuple[KernelLaunch, int]:
     """The launch (grid, warps, stages, constexprs, signature) and its ``TILES`` int argument for given sizes."""
-    if dtype not in INPUT_DTYPES:
-        raise ValueError(f"q dtype must be one of {INPUT_DTYPES}; got {dtype}")
-    if head_k not in SUPPORTED_DIMS or head_v not in SUPPORTED_DIMS:
-        raise ValueError(f"head dims K={head_k}, V={head_v}: each must be one of {SUPPORTED_DIMS}")
-    if batch < 1 or num_heads < 1 or seq_len < 1:
-        raise ValueError(f"need B, H, T >= 1; got B={batch}, H={num_heads}, T={seq_len}")
+    check_kernel_sizes(batch, seq_len, num_heads, head_k, head_v, dtype, "q")
     cfg = config or ReadConfig()
     bv = min(cfg.block_v, head_v)
     bh = batch * num_heads
