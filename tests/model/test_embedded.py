@@ -150,3 +150,32 @@ def test_own_reconstruction_is_the_models_x0_of_the_true_frames(embedded, balls)
         assert err < 0.25 * ((noisy - clips).norm() / clips.norm()).item()
         errors.append(err)
     assert 0 < errors[0] < errors[1]  # more noise, a worse reconstruction: the model's own kind of error
+
+
+def test_corrupted_context_spoils_only_what_it_is_asked_to(balls):
+    """The context corruption of training (tools/train_embedded/data.py): each kind does what it says, p=0 nothing."""
+    data, blobs = balls
+    prompts, clips, centres = data.make_batch(16, 10, torch.Generator().manual_seed(3))
+    none = data.Corruption(dim=0, hide=0, resize=0, recolour=0, extra=0)
+    assert torch.equal(data.corrupted_context(prompts, centres, 0.0, torch.Generator().manual_seed(1)), clips)
+    assert torch.equal(data.corrupted_context(prompts, centres, 1.0, torch.Generator(), spoil=none), clips)
+
+    def blob_counts(video):
+        return [[len(f) for f in blobs.detect(clip.transpose(0, 1).numpy())] for clip in video]
+
+    truth = blob_counts(clips)
+    hide = data.Corruption(dim=0, hide=1, resize=0, recolour=0, extra=0)
+    hidden = data.corrupted_context(prompts, centres, 1.0, torch.Generator().manual_seed(2), spoil=hide)
+    for got, want in zip(blob_counts(hidden), truth):
+        assert all(g <= w for g, w in zip(got, want)) and sum(got) < sum(want)  # every ball gone for some frames
+    extra = data.Corruption(dim=0, hide=0, resize=0, recolour=0, extra=1)
+    added = data.corrupted_context(prompts, centres, 1.0, torch.Generator().manual_seed(2), spoil=extra)
+    grew = [sum(g) > sum(w) for g, w in zip(blob_counts(added), truth)]
+    assert sum(grew) >= 14  # a ball more in some frames (a new ball may overlap one of the clip's)
+    dim = data.Corruption(dim=1, min_opacity=0.3, hide=0, resize=0, recolour=0, extra=0)
+    dimmed = data.corrupted_context(prompts, centres, 1.0, torch.Generator().manual_seed(2), spoil=dim)
+    brightness = (dimmed + 1).sum(dim=(1, 3, 4)) / (clips + 1).sum(dim=(1, 3, 4))  # [B, F]
+    assert 0.0 <= brightness.min() and brightness.max() <= 1.0 + 1e-6 and brightness.mean() < 0.85
+    small = data.Corruption(dim=0, hide=0, resize=1, radius_range=(2.0, 2.5), recolour=0, extra=0)
+    shrunk = data.corrupted_context(prompts, centres, 1.0, torch.Generator().manual_seed(2), spoil=small)
+    assert ((shrunk + 1).sum() / (clips + 1).sum()) < 0.8

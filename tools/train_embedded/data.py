@@ -120,19 +120,110 @@ def simulate(present: torch.Tensor, frames: int, cfg: BallsConfig, gen: torch.Ge
     return torch.stack(out, dim=1)
 
 
-def render(centres: torch.Tensor, rgb: torch.Tensor, present: torch.Tensor, cfg: BallsConfig) -> torch.Tensor:
-    """Frames ``[B, 3, F, size, size]`` in [-1, 1]: anti-aliased discs (1 px soft edge) on black."""
-    b, f = centres.shape[:2]
-    grid = torch.arange(cfg.size, device=centres.device, dtype=torch.float32)
-    dx = grid[None, None, None, None, :] - centres[..., 0][..., None, None]  # [B, F, 3, 1, W]
-    dy = grid[None, None, None, :, None] - centres[..., 1][..., None, None]  # [B, F, 3, H, 1]
-    alpha = (cfg.radius + 0.5 - (dx.square() + dy.square()).sqrt()).clamp(0, 1)  # [B, F, 3, H, W]
+def render(
+    centres: torch.Tensor,
+    rgb: torch.Tensor,
+    present: torch.Tensor,
+    cfg: BallsConfig,
+    weight: torch.Tensor | None = None,
+    radius: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Frames ``[B, 3, F, size, size]`` in [-1, 1]: anti-aliased discs (1 px soft edge) on black.
+
+    ``centres [B, F, S, 2]``, ``rgb [B, S, 3]``, ``present [B, S]`` for S ball slots; ``weight [B, F, S]`` scales each
+    ball's opacity per frame (1 = as rendered, 0 = hidden) and ``radius [B]`` replaces ``cfg.radius`` per clip.
+    """
+    b, f, slots = centres.shape[:3]
+    device = centres.device
+    grid = torch.arange(cfg.size, device=device, dtype=torch.float32)
+    r = torch.full((b,), cfg.radius, device=device) if radius is None else radius.to(device)
+    dx = grid[None, None, None, None, :] - centres[..., 0][..., None, None]  # [B, F, S, 1, W]
+    dy = grid[None, None, None, :, None] - centres[..., 1][..., None, None]  # [B, F, S, H, 1]
+    alpha = (r[:, None, None, None, None] + 0.5 - (dx.square() + dy.square()).sqrt()).clamp(0, 1)  # [B, F, S, H, W]
     alpha = alpha * present[:, None, :, None, None]
-    img = torch.tensor(BACKGROUND, device=centres.device).view(1, 1, 3, 1, 1).expand(b, f, 3, cfg.size, cfg.size)
-    for s in range(MAX_BALLS):
+    if weight is not None:
+        alpha = alpha * weight.to(device)[..., None, None]
+    img = torch.tensor(BACKGROUND, device=device).view(1, 1, 3, 1, 1).expand(b, f, 3, cfg.size, cfg.size)
+    for s in range(slots):
         a = alpha[:, :, s, None]
         img = img * (1 - a) + rgb[:, None, s, :, None, None] * a
     return img.permute(0, 2, 1, 3, 4).contiguous()
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """How :func:`corrupted_context` spoils a clip's context frames, drawn per clip, per ball.
+
+    The kinds of error a free-running model makes and then conditions on: balls drawn dimmer or smaller, a colour
+    drifting, a ball missing for a stretch of frames (it vanished in a collision or was never drawn), a ball that
+    should not be there. The training target stays the true clip, so the model learns to put them right.
+    """
+
+    dim: float = 0.5  # per ball: opacity scaled by U(min_opacity, 1) for the clip, jittered per frame
+    min_opacity: float = 0.3
+    hide: float = 0.3  # per ball: hidden over a random run of frames
+    resize: float = 0.5  # per clip: radius U(radius_range)
+    radius_range: tuple[float, float] = (2.2, 3.4)
+    recolour: float = 0.3  # per ball: RGB shifted by up to +-colour_shift per channel
+    colour_shift: float = 0.25
+    extra: float = 0.25  # per clip: one ball of a random colour, absent from the prompt, over a random run of frames
+
+
+def _random_run(shape, frames: int, gen: torch.Generator) -> torch.Tensor:
+    """Masks ``[*shape, frames]``: a run of 1..frames consecutive frames starting anywhere in the clip."""
+    start = torch.randint(0, frames, shape, generator=gen)
+    length = torch.randint(1, frames + 1, shape, generator=gen)
+    f = torch.arange(frames)
+    return (f >= start[..., None]) & (f < (start + length)[..., None])
+
+
+def corrupted_context(
+    prompts: list[str],
+    centres: torch.Tensor,
+    p: float,
+    gen: torch.Generator,
+    cfg: BallsConfig | None = None,
+    spoil: Corruption | None = None,
+) -> torch.Tensor:
+    """The clip of :func:`make_batch` rendered again with a ``p`` share of its clips spoiled (:class:`Corruption`).
+
+    ``centres [B, F, 3, 2]`` as :func:`make_batch` returns them; clips not drawn for spoiling render exactly as there.
+    """
+    cfg, spoil = cfg or BallsConfig(), spoil or Corruption()
+    device = centres.device
+    b, f = centres.shape[:2]
+    rgb, present = _colour_table(prompts, device)
+    spoiled = torch.rand(b, generator=gen) < p
+
+    def per_ball(prob: float) -> torch.Tensor:  # [B, S] on CPU: this ball of a spoiled clip gets this corruption
+        return spoiled[:, None] & (torch.rand(b, MAX_BALLS, generator=gen) < prob)
+
+    opacity = spoil.min_opacity + (1 - spoil.min_opacity) * torch.rand(b, 1, MAX_BALLS, generator=gen)
+    opacity = (opacity + 0.1 * torch.randn(b, f, MAX_BALLS, generator=gen)).clamp(0, 1)
+    weight = torch.where(per_ball(spoil.dim)[:, None], opacity, torch.ones(b, f, MAX_BALLS))
+    hidden = per_ball(spoil.hide)[..., None] & _random_run((b, MAX_BALLS), f, gen)  # [B, S, F]
+    weight = weight.masked_fill(hidden.transpose(1, 2), 0.0)
+    lo, hi = spoil.radius_range
+    resized = spoiled & (torch.rand(b, generator=gen) < spoil.resize)
+    radius = torch.where(resized, lo + (hi - lo) * torch.rand(b, generator=gen), torch.full((b,), cfg.radius))
+    shift = spoil.colour_shift * (2 * torch.rand(b, MAX_BALLS, 3, generator=gen) - 1)
+    rgb = (rgb + torch.where(per_ball(spoil.recolour)[..., None], shift, 0.0).to(device)).clamp(-1, 1)
+
+    # one ball nobody asked for: its own path, a random palette colour, over a random run of frames
+    lone = torch.zeros(b, MAX_BALLS, dtype=torch.bool, device=device)
+    lone[:, 0] = True
+    extra_path = simulate(lone, f, cfg, gen)[:, :, :1]
+    colours = torch.tensor(list(PALETTE.values()))
+    extra_rgb = colours[torch.randint(len(colours), (b,), generator=gen)][:, None].to(device)
+    extra_on = (spoiled & (torch.rand(b, generator=gen) < spoil.extra))[:, None] & _random_run((b,), f, gen)
+    return render(
+        torch.cat([centres.nan_to_num(0.0), extra_path], dim=2),
+        torch.cat([rgb, extra_rgb], dim=1),
+        torch.cat([present, torch.ones(b, 1, dtype=torch.bool, device=device)], dim=1),
+        cfg,
+        weight=torch.cat([weight, extra_on[..., None].float()], dim=2),
+        radius=radius,
+    )
 
 
 def make_batch(

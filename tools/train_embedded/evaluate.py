@@ -113,6 +113,19 @@ def want_counts(prompt: str) -> dict[str, int]:
     return counts
 
 
+def count_ok_first_n(prompts, frames: np.ndarray, spans=(24, 48, 200, 1000)) -> dict[str, dict[str, float]]:
+    """Share of frames with the prompt's ball count over the first N frames: per prompt (mean of its streams), mean."""
+    ok = {p: [] for p in dict.fromkeys(prompts)}
+    for p, f in zip(prompts, frames):
+        n_want = len(parse_prompt(p))
+        ok[p].append(np.array([len(b) == n_want for b in detect(f)]))
+    out = {}
+    for n in (s for s in spans if s <= frames.shape[1]):
+        per_prompt = {p: float(np.mean([r[:n].mean() for r in runs])) for p, runs in ok.items()}
+        out[str(n)] = {**per_prompt, "mean": float(np.mean(list(per_prompt.values())))}
+    return out
+
+
 def to_uint8(frames: np.ndarray) -> np.ndarray:
     """``[..., 3, H, W]`` in [-1, 1] -> ``[..., H, W, 3]`` uint8."""
     return np.moveaxis(((np.clip(frames, -1, 1) + 1) * 127.5).round().astype(np.uint8), -3, -1)
@@ -127,6 +140,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-seconds", type=float, default=0, help="stop streaming after this long (0 = no limit)")
     ap.add_argument("--conditioned", type=int, default=32, help="clips for conditioned_accuracy (0 = skip)")
+    ap.add_argument("--repeats", type=int, default=1, help="streams per prompt (one batch, different noise)")
     args = ap.parse_args()
 
     if args.weights is None:
@@ -134,12 +148,13 @@ def main() -> None:
     else:
         em = load_embedded_from(embedded_config(), args.weights.read_bytes(), source=str(args.weights))
     start = time.time()
+    prompts = PROMPTS * args.repeats
     frames = stream(
-        em, PROMPTS, args.frames, args.device, args.seed, start + args.max_seconds if args.max_seconds else None
+        em, prompts, args.frames, args.device, args.seed, start + args.max_seconds if args.max_seconds else None
     )
     seconds = time.time() - start
     threshold = data_max_speed()
-    rows = [dataclasses.asdict(stream_quality(p, want_counts(p), f, threshold)) for p, f in zip(PROMPTS, frames)]
+    rows = [dataclasses.asdict(stream_quality(p, want_counts(p), f, threshold)) for p, f in zip(prompts, frames)]
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
         "frames": int(frames.shape[1]),
@@ -147,14 +162,16 @@ def main() -> None:
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "torch": torch.__version__,
         "seed": args.seed,
+        "repeats": args.repeats,
         "max_speed_threshold_px": threshold,
         "prompts": rows,
+        "count_ok_first_n": count_ok_first_n(prompts, frames),
     }
     if args.conditioned:
         result["conditioned_accuracy"] = conditioned_accuracy(em, args.conditioned)
     (args.out / "eval.json").write_text(json.dumps(result, indent=2))
-    np.savez_compressed(args.out / "streams.npz", frames=to_uint8(frames), prompts=np.array(PROMPTS))
-    print(f"{frames.shape[1]} frames x {len(PROMPTS)} prompts in {seconds:.0f}s on {result['device']}")
+    np.savez_compressed(args.out / "streams.npz", frames=to_uint8(frames), prompts=np.array(prompts))
+    print(f"{frames.shape[1]} frames x {len(prompts)} streams in {seconds:.0f}s on {result['device']}")
     print(f"max speed threshold (detector on training data): {threshold:.2f} px/frame")
     if args.conditioned:
         print(f"blob colours right in sampled frames: {result['conditioned_accuracy']}")
@@ -164,6 +181,8 @@ def main() -> None:
             f"| {r['prompt']} | {r['count_ok']:.1%} | {r['colours_ok']:.1%} | {r['motion_ok']:.1%} "
             f"| {r['blank']} | {r['saturated']} |"
         )
+    first_n = result["count_ok_first_n"]
+    print("count ok over the first N frames, mean of all streams:", {n: f"{v['mean']:.1%}" for n, v in first_n.items()})
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from data import make_batch  # noqa: E402
+from data import corrupted_context, make_batch  # noqa: E402
 
 from arl2rt.model.config import load_config  # noqa: E402
 from arl2rt.model.embedded import (  # noqa: E402
@@ -69,14 +69,15 @@ def own_reconstruction(em, clips, context_kv, offset: int, t_ctx: torch.Tensor, 
 
 
 def batch_loss(
-    em, cfg, table, batch: int, frames: int, gen, device, context_noise: float, self_context: float = 0.0
+    em, cfg, table, batch: int, frames: int, gen, device, context_noise: float, self_context=0.0, corrupt=0.0
 ) -> torch.Tensor:
     """Flow-matching loss of one teacher-forced batch: per-frame t, target velocity ``eps - x0``.
 
-    With probability ``self_context`` the clean half is the model's own reconstruction of the clip
-    (:func:`own_reconstruction`, t_ctx uniform in [200, 600]) instead of the clip plus a little noise.
+    The clean half is, with probability ``self_context``, the model's own reconstruction of the clip
+    (:func:`own_reconstruction`, t_ctx uniform in [200, 600]); otherwise the clip with a ``corrupt`` share of its
+    clips spoiled (``data.corrupted_context``: dim, small, recoloured, missing or extra balls), plus a little noise.
     """
-    prompts, clips, _ = make_batch(batch, frames, gen, device)
+    prompts, clips, centres = make_batch(batch, frames, gen, device)
     ids = torch.stack([em.encoder.token_ids(p) for p in prompts]).to(device)
     t = sample_timesteps((batch, frames), table, gen).to(device)
     noisy, eps = noised(clips, t, gen)
@@ -88,9 +89,10 @@ def batch_loss(
             t_ctx = (200 + 400 * torch.rand(batch, frames, generator=gen)).to(device)
             clean = own_reconstruction(em, clips, context_kv, offset, t_ctx, gen)
         else:
+            clean = corrupted_context(prompts, centres, corrupt, gen) if corrupt > 0 else clips
             # a little noise on the clean half: generated frames the model commits are never exactly clean renders
             ctx_std = context_noise * torch.rand(batch, 1, 1, 1, 1, generator=gen).to(device)
-            clean = clips + ctx_std * torch.randn(clips.shape, generator=gen).to(device)
+            clean = clean + ctx_std * torch.randn(clips.shape, generator=gen).to(device)
         v = teacher_forcing_forward(em.model, clean, noisy, t, context_kv, frame_offset=offset)
     return F.mse_loss(v.float(), eps - clips)
 
@@ -115,6 +117,9 @@ def main() -> None:
     ap.add_argument("--context-noise", type=float, default=0.03, help="max std of noise added to the clean half")
     ap.add_argument(
         "--self-context", type=float, default=0.0, help="probability that the clean half is the model's own one-step x0"
+    )
+    ap.add_argument(
+        "--corrupt", type=float, default=0.0, help="share of clips whose clean half is spoiled (data.Corruption)"
     )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--first-frames", type=int, default=0, help="extra 1-frame clips per step (prompt-only frames)")
@@ -156,7 +161,9 @@ def main() -> None:
         for group in opt.param_groups:
             group["lr"] = lr
 
-        loss = batch_loss(em, cfg, table, args.batch, args.frames, gen, device, args.context_noise, args.self_context)
+        loss = batch_loss(
+            em, cfg, table, args.batch, args.frames, gen, device, args.context_noise, args.self_context, args.corrupt
+        )
         if args.first_frames:
             # prompt-only first frames are the hard case (no context): train them on their own as well
             first = batch_loss(em, cfg, table, args.first_frames, 1, gen, device, args.context_noise)
