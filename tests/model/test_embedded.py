@@ -179,3 +179,26 @@ def test_corrupted_context_spoils_only_what_it_is_asked_to(balls):
     small = data.Corruption(dim=0, hide=0, resize=1, radius_range=(2.0, 2.5), recolour=0, extra=0)
     shrunk = data.corrupted_context(prompts, centres, 1.0, torch.Generator().manual_seed(2), spoil=small)
     assert ((shrunk + 1).sum() / (clips + 1).sum()) < 0.8
+
+
+def test_stream_quality_tells_a_jump_from_a_missing_ball(balls):
+    """blobs.stream_quality: a teleporting ball fails speed and motion; a vanished ball fails count, not speed."""
+    data, blobs = balls
+    prompts, clips, centres = data.make_batch(1, 8, torch.Generator().manual_seed(4))
+    rgb, present = data._colour_table(prompts, "cpu")
+    want = blobs.colour_counts(blobs.detect(clips[0].transpose(0, 1).numpy())[0])
+    limit = 2.16
+
+    def quality(video):
+        return blobs.stream_quality(prompts[0], want, video[0].transpose(0, 1).numpy(), limit)
+
+    clean = quality(clips)
+    assert (clean.count_ok, clean.motion_ok, clean.speed_ok, clean.blank) == (1.0, 1.0, 1.0, 0)
+    jumped = centres.nan_to_num(0.0).clone()
+    jumped[0, 4:, 0] = (jumped[0, 4:, 0] + 8.0).clamp(3.0, 28.0)  # ball 0 jumps 8 px (walls allowing) at frame 4
+    q = quality(data.render(jumped, rgb, present, data.BallsConfig()))
+    assert q.count_ok == 1.0 and q.speed_ok < 1.0 and q.motion_ok < 1.0
+    weight = torch.ones(1, 8, 3)
+    weight[0, 3, 0] = 0.0  # ball 0 missing from frame 3
+    q = quality(data.render(centres.nan_to_num(0.0), rgb, present, data.BallsConfig(), weight=weight))
+    assert q.count_ok == 7 / 8 and q.speed_ok == 1.0 and q.motion_ok == 5 / 7

@@ -90,6 +90,7 @@ class StreamQuality:
     count_ok: float  # fraction of frames whose detected ball count equals the prompt's
     colours_ok: float  # fraction of frames whose per-colour counts equal the prompt's
     motion_ok: float  # fraction of consecutive pairs with the prompt's balls in both and every ball moved <= max speed
+    speed_ok: float  # of the consecutive pairs whose blobs can be matched (same per-colour counts), every move <= max
     blank: int  # frames with no coloured pixel at all
     saturated: int  # frames with more than 40 % non-background pixels
     mean_coloured: float  # mean fraction of coloured (non-background) pixels
@@ -104,6 +105,8 @@ def stream_quality(prompt: str, want: dict[str, int], frames: np.ndarray, max_sp
     right = [colour_counts(b) == want for b in blobs]
     pairs = [ra and rb and m is not None and m <= max_speed for ra, rb, m in zip(right, right[1:], moves)]
     motion_ok = np.mean(pairs) if pairs else float("nan")  # a one-frame stream has no motion to judge
+    matched = [m <= max_speed for m in moves if m is not None]
+    speed_ok = np.mean(matched) if matched else float("nan")
     coloured = (np.abs(frames + 1).max(axis=1) > 0.3).mean(axis=(1, 2))  # any channel clearly above black
     return StreamQuality(
         prompt,
@@ -111,6 +114,7 @@ def stream_quality(prompt: str, want: dict[str, int], frames: np.ndarray, max_sp
         float(count_ok),
         float(np.mean(right)),
         float(motion_ok),
+        float(speed_ok),
         int((coloured == 0).sum()),
         int((coloured > 0.4).sum()),
         float(coloured.mean()),

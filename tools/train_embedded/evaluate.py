@@ -126,6 +126,11 @@ def count_ok_first_n(prompts, frames: np.ndarray, spans=(24, 48, 200, 1000)) -> 
     return out
 
 
+def from_uint8(frames: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`to_uint8` (to within its rounding): ``[..., H, W, 3]`` uint8 -> ``[..., 3, H, W]`` in [-1, 1]."""
+    return np.moveaxis(frames.astype(np.float32) / 127.5 - 1, -1, -3)
+
+
 def to_uint8(frames: np.ndarray) -> np.ndarray:
     """``[..., 3, H, W]`` in [-1, 1] -> ``[..., H, W, 3]`` uint8."""
     return np.moveaxis(((np.clip(frames, -1, 1) + 1) * 127.5).round().astype(np.uint8), -3, -1)
@@ -141,48 +146,65 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=0, help="stop streaming after this long (0 = no limit)")
     ap.add_argument("--conditioned", type=int, default=32, help="clips for conditioned_accuracy (0 = skip)")
     ap.add_argument("--repeats", type=int, default=1, help="streams per prompt (one batch, different noise)")
+    ap.add_argument("--streams", type=Path, help="score the streams.npz of an earlier run (uint8) instead of streaming")
     args = ap.parse_args()
 
-    if args.weights is None:
-        em = load_embedded()
+    result: dict = {}
+    if args.streams is not None:
+        saved = np.load(args.streams)
+        prompts = [str(p) for p in saved["prompts"]]
+        frames = from_uint8(saved["frames"])
+        result.update(source=str(args.streams), note="scored from uint8 frames")
     else:
-        em = load_embedded_from(embedded_config(), args.weights.read_bytes(), source=str(args.weights))
-    start = time.time()
-    prompts = PROMPTS * args.repeats
-    frames = stream(
-        em, prompts, args.frames, args.device, args.seed, start + args.max_seconds if args.max_seconds else None
-    )
-    seconds = time.time() - start
+        if args.weights is None:
+            em = load_embedded()
+        else:
+            em = load_embedded_from(embedded_config(), args.weights.read_bytes(), source=str(args.weights))
+        start = time.time()
+        prompts = list(PROMPTS * args.repeats)
+        deadline = start + args.max_seconds if args.max_seconds else None
+        frames = stream(em, prompts, args.frames, args.device, args.seed, deadline)
+        result.update(
+            stream_seconds=time.time() - start,
+            device=args.device if args.device == "cpu" else torch.cuda.get_device_name(),
+            torch=torch.__version__,
+            seed=args.seed,
+            repeats=args.repeats,
+        )
+        print(f"{frames.shape[1]} frames x {len(prompts)} streams in {result['stream_seconds']:.0f}s on {result['device']}")
     threshold = data_max_speed()
     rows = [dataclasses.asdict(stream_quality(p, want_counts(p), f, threshold)) for p, f in zip(prompts, frames)]
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = {
-        "frames": int(frames.shape[1]),
-        "stream_seconds": seconds,
-        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "seed": args.seed,
-        "repeats": args.repeats,
-        "max_speed_threshold_px": threshold,
-        "prompts": rows,
-        "count_ok_first_n": count_ok_first_n(prompts, frames),
-    }
-    if args.conditioned:
+    result.update(
+        frames=int(frames.shape[1]),
+        max_speed_threshold_px=threshold,
+        prompts=rows,
+        count_ok_first_n=count_ok_first_n(prompts, frames),
+    )
+    if args.conditioned and args.streams is None:
         result["conditioned_accuracy"] = conditioned_accuracy(em, args.conditioned)
-    (args.out / "eval.json").write_text(json.dumps(result, indent=2))
-    np.savez_compressed(args.out / "streams.npz", frames=to_uint8(frames), prompts=np.array(prompts))
-    print(f"{frames.shape[1]} frames x {len(prompts)} streams in {seconds:.0f}s on {result['device']}")
-    print(f"max speed threshold (detector on training data): {threshold:.2f} px/frame")
-    if args.conditioned:
         print(f"blob colours right in sampled frames: {result['conditioned_accuracy']}")
-    print("| prompt | count ok | colours ok | motion ok | blank | saturated |")
-    for r in rows:
-        print(
-            f"| {r['prompt']} | {r['count_ok']:.1%} | {r['colours_ok']:.1%} | {r['motion_ok']:.1%} "
-            f"| {r['blank']} | {r['saturated']} |"
-        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "eval.json").write_text(json.dumps(result, indent=2))
+    if args.streams is None:
+        np.savez_compressed(args.out / "streams.npz", frames=to_uint8(frames), prompts=np.array(prompts))
+    print(f"max speed threshold (detector on training data): {threshold:.2f} px/frame")
+    print(markdown_table(rows))
     first_n = result["count_ok_first_n"]
     print("count ok over the first N frames, mean of all streams:", {n: f"{v['mean']:.1%}" for n, v in first_n.items()})
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Per prompt (mean over its streams) and over all: the shares and the blank / saturated frame totals."""
+    shares = ("count_ok", "colours_ok", "motion_ok", "speed_ok")
+    groups = {r["prompt"]: [] for r in rows}
+    for r in rows:
+        groups[r["prompt"]].append(r)
+    lines = ["| prompt | streams | count ok | colours ok | motion ok | speed ok | blank | saturated |", "|" + "---|" * 8]
+    for name, rs in [*groups.items(), ("**all**", rows)]:
+        cells = [f"{np.mean([r[k] for r in rs]):.1%}" for k in shares]
+        blank, sat = sum(r["blank"] for r in rs), sum(r["saturated"] for r in rs)
+        lines.append(f"| {name} | {len(rs)} | {' | '.join(cells)} | {blank} | {sat} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
