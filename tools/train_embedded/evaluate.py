@@ -127,7 +127,7 @@ def count_ok_first_n(prompts, frames: np.ndarray, spans=(24, 48, 200, 1000)) -> 
 
 
 def from_uint8(frames: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`to_uint8` (to within its rounding): ``[..., H, W, 3]`` uint8 -> ``[..., 3, H, W]`` in [-1, 1]."""
+    """:func:`to_uint8` undone (to within its rounding): ``[..., H, W, 3]`` uint8 -> ``[..., 3, H, W]`` in [-1, 1]."""
     return np.moveaxis(frames.astype(np.float32) / 127.5 - 1, -1, -3)
 
 
@@ -146,7 +146,9 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=0, help="stop streaming after this long (0 = no limit)")
     ap.add_argument("--conditioned", type=int, default=32, help="clips for conditioned_accuracy (0 = skip)")
     ap.add_argument("--repeats", type=int, default=1, help="streams per prompt (one batch, different noise)")
-    ap.add_argument("--streams", type=Path, help="score the streams.npz of an earlier run (uint8) instead of streaming")
+    ap.add_argument(
+        "--streams", type=Path, help="re-score an earlier run's streams.npz (uint8) into <out>/rescore.json"
+    )
     args = ap.parse_args()
 
     result: dict = {}
@@ -171,7 +173,8 @@ def main() -> None:
             seed=args.seed,
             repeats=args.repeats,
         )
-        print(f"{frames.shape[1]} frames x {len(prompts)} streams in {result['stream_seconds']:.0f}s on {result['device']}")
+        seconds, device = result["stream_seconds"], result["device"]
+        print(f"{frames.shape[1]} frames x {len(prompts)} streams in {seconds:.0f}s on {device}")
     threshold = data_max_speed()
     rows = [dataclasses.asdict(stream_quality(p, want_counts(p), f, threshold)) for p, f in zip(prompts, frames)]
     result.update(
@@ -184,7 +187,8 @@ def main() -> None:
         result["conditioned_accuracy"] = conditioned_accuracy(em, args.conditioned)
         print(f"blob colours right in sampled frames: {result['conditioned_accuracy']}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "eval.json").write_text(json.dumps(result, indent=2))
+    # a re-score never overwrites the eval.json of the run that made the streams
+    (args.out / ("eval.json" if args.streams is None else "rescore.json")).write_text(json.dumps(result, indent=2))
     if args.streams is None:
         np.savez_compressed(args.out / "streams.npz", frames=to_uint8(frames), prompts=np.array(prompts))
     print(f"max speed threshold (detector on training data): {threshold:.2f} px/frame")
@@ -199,7 +203,10 @@ def markdown_table(rows: list[dict]) -> str:
     groups = {r["prompt"]: [] for r in rows}
     for r in rows:
         groups[r["prompt"]].append(r)
-    lines = ["| prompt | streams | count ok | colours ok | motion ok | speed ok | blank | saturated |", "|" + "---|" * 8]
+    lines = [
+        "| prompt | streams | count ok | colours ok | motion ok | speed ok | blank | saturated |",
+        "|" + "---|" * 8,
+    ]
     for name, rs in [*groups.items(), ("**all**", rows)]:
         cells = [f"{np.mean([r[k] for r in rs]):.1%}" for k in shares]
         blank, sat = sum(r["blank"] for r in rs), sum(r["saturated"] for r in rs)

@@ -58,7 +58,9 @@ def sample_gif(npz: Path, gif: Path, frames: int = 32, scale: int = 2, fps: int 
     spans = [slice(0, frames)] + ([slice(n - frames, n)] if n >= 2 * frames else [])
     p, _, h, w, _ = video.shape
     gap = 2
-    canvas = np.full((min(frames, n), len(spans) * (h * scale + gap) - gap, p * (w * scale + gap) - gap, 3), 96, np.uint8)
+    canvas = np.full(
+        (min(frames, n), len(spans) * (h * scale + gap) - gap, p * (w * scale + gap) - gap, 3), 96, np.uint8
+    )
     for row, span in enumerate(spans):
         for i in range(p):
             up = video[i, span].repeat(scale, axis=1).repeat(scale, axis=2)
@@ -79,6 +81,7 @@ def main() -> None:
         sample_gif(args.src[0], args.dst)
     else:
         ap.error("gif takes one streams.npz")
+
 
 if __name__ == "__main__":
     main()
