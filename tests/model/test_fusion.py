@@ -143,9 +143,21 @@ def test_a_fused_model_step_matches_the_unfused_one(monkeypatch):
         assert ((a.double() - b.double()).norm() / b.double().norm()).item() < 2e-2
 
 
-def test_a_chain_whose_compilation_fails_warns_once_and_runs_unfused(monkeypatch):
+def _fused_double(monkeypatch, compile_fn):
+    """``2 * x`` through ``fusion.fused`` with fusion wanted and ``torch.compile`` replaced by ``compile_fn``."""
     from arl2rt.model import fusion
 
+    monkeypatch.setattr(fusion, "fusion_wanted", lambda x: True)
+    monkeypatch.setattr(fusion.torch, "compile", compile_fn)
+
+    @fusion.fused
+    def double(x):
+        return 2 * x
+
+    return double
+
+
+def test_a_chain_whose_compilation_fails_warns_once_and_runs_unfused(monkeypatch):
     calls = {"compile": 0}
 
     def broken_compile(fn, **kwargs):
@@ -156,12 +168,7 @@ def test_a_chain_whose_compilation_fails_warns_once_and_runs_unfused(monkeypatch
 
         return run
 
-    monkeypatch.setattr(fusion, "fusion_wanted", lambda x: True)
-    monkeypatch.setattr(fusion.torch, "compile", broken_compile)
-
-    @fusion.fused
-    def double(x):
-        return 2 * x
+    double = _fused_double(monkeypatch, broken_compile)
 
     x = torch.arange(3.0)
     with pytest.warns(RuntimeWarning, match="could not fuse double"):
@@ -170,8 +177,6 @@ def test_a_chain_whose_compilation_fails_warns_once_and_runs_unfused(monkeypatch
 
 
 def test_a_failure_after_a_compiled_call_succeeded_is_raised(monkeypatch):
-    from arl2rt.model import fusion
-
     outcomes = iter([None, ValueError("bad input")])
 
     def flaky_compile(fn, **kwargs):
@@ -183,12 +188,7 @@ def test_a_failure_after_a_compiled_call_succeeded_is_raised(monkeypatch):
 
         return run
 
-    monkeypatch.setattr(fusion, "fusion_wanted", lambda x: True)
-    monkeypatch.setattr(fusion.torch, "compile", flaky_compile)
-
-    @fusion.fused
-    def double(x):
-        return 2 * x
+    double = _fused_double(monkeypatch, flaky_compile)
 
     assert torch.equal(double(torch.ones(2)), torch.full((2,), 2.0))
     with pytest.raises(ValueError, match="bad input"):

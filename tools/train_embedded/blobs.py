@@ -96,9 +96,14 @@ class StreamQuality:
     mean_coloured: float  # mean fraction of coloured (non-background) pixels
 
 
-def stream_quality(prompt: str, want: dict[str, int], frames: np.ndarray, max_speed: float) -> StreamQuality:
-    """Quality of one stream ``frames [F, 3, H, W]`` against the prompt's per-colour counts ``want``."""
-    blobs = detect(frames)
+def stream_quality(
+    prompt: str, want: dict[str, int], frames: np.ndarray, max_speed: float, blobs: list[list[Blob]] | None = None
+) -> StreamQuality:
+    """Quality of one stream ``frames [F, 3, H, W]`` against the prompt's per-colour counts ``want``.
+
+    ``blobs``: ``detect(frames)`` where the caller already has it.
+    """
+    blobs = detect(frames) if blobs is None else blobs
     n_want = sum(want.values())
     count_ok = np.mean([len(b) == n_want for b in blobs])
     moves = [max_displacement(a, b) for a, b in zip(blobs, blobs[1:])]

@@ -113,14 +113,17 @@ def want_counts(prompt: str) -> dict[str, int]:
     return counts
 
 
-def count_ok_first_n(prompts, frames: np.ndarray, spans=(24, 48, 200, 1000)) -> dict[str, dict[str, float]]:
-    """Share of frames with the prompt's ball count over the first N frames: per prompt (mean of its streams), mean."""
+def count_ok_first_n(prompts, found, spans=(24, 48, 200, 1000)) -> dict[str, dict[str, float]]:
+    """Share of frames with the prompt's ball count over the first N frames: per prompt (mean of its streams), mean.
+
+    ``found``: the blobs of every frame of every stream, as ``detect`` gives them.
+    """
     ok = {p: [] for p in dict.fromkeys(prompts)}
-    for p, f in zip(prompts, frames):
+    for p, blobs in zip(prompts, found):
         n_want = len(parse_prompt(p))
-        ok[p].append(np.array([len(b) == n_want for b in detect(f)]))
+        ok[p].append(np.array([len(b) == n_want for b in blobs]))
     out = {}
-    for n in (s for s in spans if s <= frames.shape[1]):
+    for n in (s for s in spans if s <= len(found[0])):
         per_prompt = {p: float(np.mean([r[:n].mean() for r in runs])) for p, runs in ok.items()}
         out[str(n)] = {**per_prompt, "mean": float(np.mean(list(per_prompt.values())))}
     return out
@@ -176,12 +179,16 @@ def main() -> None:
         seconds, device = result["stream_seconds"], result["device"]
         print(f"{frames.shape[1]} frames x {len(prompts)} streams in {seconds:.0f}s on {device}")
     threshold = data_max_speed()
-    rows = [dataclasses.asdict(stream_quality(p, want_counts(p), f, threshold)) for p, f in zip(prompts, frames)]
+    found = [detect(f) for f in frames]
+    rows = [
+        dataclasses.asdict(stream_quality(p, want_counts(p), f, threshold, blobs))
+        for p, f, blobs in zip(prompts, frames, found)
+    ]
     result.update(
         frames=int(frames.shape[1]),
         max_speed_threshold_px=threshold,
         prompts=rows,
-        count_ok_first_n=count_ok_first_n(prompts, frames),
+        count_ok_first_n=count_ok_first_n(prompts, found),
     )
     if args.conditioned and args.streams is None:
         result["conditioned_accuracy"] = conditioned_accuracy(em, args.conditioned)
