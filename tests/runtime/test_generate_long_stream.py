@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch
 from arl2rt.export.state_spec import StateSpec
 from arl2rt.runtime import rope_rebase
 from arl2rt.runtime.generate import random_context, random_model
+from arl2rt.runtime.state_store import StateStore
 from arl2rt.runtime.streamer import Streamer
 from arl2rt.runtime.torch_backend import TorchBackend
 
@@ -39,6 +42,24 @@ def test_rebased_stream_equals_a_stream_with_an_unbounded_table(tiny_cfg, cache)
     assert s_short.position.rope_frame < 7 and s_long.position.rope_frame == 24  # re-based vs absolute
     assert torch.isfinite(long).all()
     assert (short - long).abs().max() < 1e-10 * long.abs().max()
+
+
+def test_before_block_returns_the_rope_index_and_rotates_only_past_the_table(tiny_cfg):
+    cfg = dataclasses.replace(tiny_cfg, rope_max_positions=7)
+    store = StateStore(StateSpec(cfg), 1, "cpu")
+    rotations = []
+    store.rotate_keys = lambda rotate, chunk_tokens: rotations.append(chunk_tokens)
+    rope, last = rope_rebase.RopePositions(cfg), 7 - cfg.frames_per_block
+    assert rope.before_block(last, store) == last and not rotations
+    assert rope.before_block(last + 1, store) == 0 and len(rotations) == 1
+
+
+def test_rope_rebase_does_not_import_the_streamer():
+    """The Streamer drives re-basing; re-basing knows nothing of the Streamer (no import circle)."""
+    tree = ast.parse(Path(rope_rebase.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "arl2rt.runtime.streamer" not in imported
 
 
 def test_rebasing_without_rotating_the_state_would_be_caught(tiny_cfg, monkeypatch):

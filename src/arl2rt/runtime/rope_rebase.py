@@ -28,17 +28,12 @@ one run without this module.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from arl2rt.errors import Arl2rtError
 from arl2rt.model.config import ModelConfig
 from arl2rt.model.layers import RopeTables, rope_split
-
-if TYPE_CHECKING:
-    from arl2rt.runtime.state_store import StateStore
-    from arl2rt.runtime.streamer import StreamPosition
+from arl2rt.runtime.state_store import StateStore
 
 # Tokens rotated at a time in a K cache: bounds the float64 scratch of a large (Wan-sized) cache.
 _CHUNK_TOKENS = 1 << 14
@@ -77,11 +72,11 @@ class RopePositions:
         self.freqs = time_frequencies(cfg)
         assert self.freqs.shape[0] == rope_split(cfg.head_dim)[0]
 
-    def before_block(self, position: StreamPosition, store: StateStore) -> None:
-        """Re-base ``position.rope_frame`` (and rotate ``store``) if the next block would run past the table."""
-        if position.rope_frame + self.cfg.frames_per_block <= self.cfg.rope_max_positions:
-            return
-        shift = position.rope_frame
-        angles = -shift * self.freqs
+    def before_block(self, rope_frame: int, store: StateStore) -> int:
+        """The RoPE index the next block starts at, given the stream's ``rope_frame``: itself while the block fits the
+        table, else 0 after rotating ``store`` back by ``rope_frame`` positions."""
+        if rope_frame + self.cfg.frames_per_block <= self.cfg.rope_max_positions:
+            return rope_frame
+        angles = -rope_frame * self.freqs
         store.rotate_keys(lambda x, dim: rotate_time_pairs(x, dim, angles.cos(), angles.sin()), _CHUNK_TOKENS)
-        position.rope_frame -= shift
+        return 0

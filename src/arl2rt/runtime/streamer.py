@@ -87,7 +87,7 @@ class Streamer:
     def next_block(self) -> torch.Tensor:
         """Generate one block; returns its denoised latents ``[B, C, F, H, W]`` (io dtype, backend device)."""
         c = self.cfg
-        self.rope.before_block(self.position, self.store)
+        self.position.rope_frame = self.rope.before_block(self.position.rope_frame, self.store)
         sched = self.scheduler
         x = self._noise()
         x0 = x
