@@ -53,7 +53,7 @@ def test_static_block_equals_the_streamers_next_block_and_does_not_advance(tiny_
         x0 = streamer.next_block()
     assert torch.equal(out["latents"], x0)
     for name, state in store.states.items():
-        assert torch.equal(out[name.replace("past_", "present_", 1)], state)
+        assert torch.equal(out[store.spec.present_of(name)], state)
     for i, cache in store.caches.items():
         key, value = cache.view()
         assert torch.equal(key[:, start:end], out[f"present_key.{i}"])

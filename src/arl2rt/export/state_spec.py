@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -23,6 +24,22 @@ BATCH = "batch"
 PAST_LEN = "past_len"
 GRAPHS = ("encode_context", "denoise_step", "commit_step")
 
+# Tensor kinds (TensorSpec.kind). A tensor's name is spelled from its kind (and layer) by StateSpec.name, nowhere else:
+# callers ask the spec for names, so renaming a tensor here renames it for the exporter, the store and every backend.
+CONTEXT, CONTEXT_KEY, CONTEXT_VALUE = "context", "context_key", "context_value"
+LATENTS, TIMESTEP, FRAME_OFFSET, VELOCITY = "latents", "timestep", "frame_offset", "velocity"
+PAST_STATE, PAST_KEY, PAST_VALUE = "past_state", "past_key", "past_value"
+PRESENT_STATE, PRESENT_KEY, PRESENT_VALUE = "present_state", "present_key", "present_value"
+# one layer's K/V pair, key first (for StateSpec.names)
+CONTEXT_KV = (CONTEXT_KEY, CONTEXT_VALUE)
+PAST_KV = (PAST_KEY, PAST_VALUE)
+PRESENT_KV = (PRESENT_KEY, PRESENT_VALUE)
+# the step inputs that change from pass to pass (the rest is state, fixed for a whole block)
+PER_PASS = (LATENTS, TIMESTEP, FRAME_OFFSET)
+# a commit output's kind -> the step input it feeds at the next step (a state is bound as it, K/V appended to it)
+_PAST_OF_PRESENT = {PRESENT_STATE: PAST_STATE, PRESENT_KEY: PAST_KEY, PRESENT_VALUE: PAST_VALUE}
+_LAYER_SEP = "."  # between kind and layer in a name: StateSpec.name spells it, kind_of reads it back
+
 _DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _DTYPES_ALL = {**_DTYPES, "int64": torch.int64}
 
@@ -32,6 +49,11 @@ def torch_dtype(name: str) -> torch.dtype:
         return _DTYPES_ALL[name]
     except KeyError:
         raise Arl2rtError(f"unknown dtype {name!r}; expected one of {sorted(_DTYPES_ALL)}") from None
+
+
+def kind_of(name: str) -> str:
+    """The kind part of a tensor name as :meth:`StateSpec.name` spells it (``present_state.2`` -> ``present_state``)."""
+    return name.split(_LAYER_SEP, 1)[0]
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -103,19 +125,72 @@ class StateSpec:
     def io_dtype(self) -> str:
         return "float64" if self.dtype == "float64" else "float32"
 
+    # -- names ---------------------------------------------------------------------------------------------------
+    def name(self, kind: str, layer: int | None = None) -> str:
+        """The name of the tensor of ``kind`` (of ``layer`` for a per-layer tensor): the one place names are spelled."""
+        return kind if layer is None else f"{kind}{_LAYER_SEP}{layer}"
+
+    def names(self, kinds: tuple[str, ...], layer: int) -> tuple[str, ...]:
+        """The names of several kinds of one layer, e.g. ``names(PAST_KV, 3)`` -> ``("past_key.3", "past_value.3")``."""
+        return tuple(self.name(kind, layer) for kind in kinds)
+
+    def tensor(self, name: str) -> TensorSpec:
+        """The tensor of the contract called ``name``."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise Arl2rtError(f"tensor {name!r}: not in the state contract of config {self.config.name!r}") from None
+
+    def past_of(self, present: str) -> str:
+        """``present_state.3`` -> ``past_state.3``: the step input a commit output feeds at the next step."""
+        s = self.tensor(present)
+        if s.kind not in _PAST_OF_PRESENT:
+            raise Arl2rtError(f"tensor {present}: expected a commit output, found a {s.kind}")
+        return self.name(_PAST_OF_PRESENT[s.kind], s.layer)
+
+    def present_of(self, past: str) -> str:
+        """``past_state.3`` -> ``present_state.3``: the commit output that becomes this step input (the reverse)."""
+        s = self.tensor(past)
+        present = next((p for p, q in _PAST_OF_PRESENT.items() if q == s.kind), None)
+        if present is None:
+            raise Arl2rtError(f"tensor {past}: expected a past state or past K/V, found a {s.kind}")
+        return self.name(present, s.layer)
+
+    def of_kind(self, *kinds: str) -> list[TensorSpec]:
+        """Every tensor of the contract of one of ``kinds``, in graph order."""
+        return [s for s in self._by_name.values() if s.kind in kinds]
+
+    def pass_feeds(
+        self, latents: torch.Tensor, timestep: torch.Tensor, frame_offset: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The step inputs that change from pass to pass (:data:`PER_PASS`), by name."""
+        return dict(zip((self.name(kind) for kind in PER_PASS), (latents, timestep, frame_offset)))
+
     # -- tensors -------------------------------------------------------------------------------------------------
+    def _tensor(self, kind: str, shape: tuple[int | str, ...], dtype: str, layer: int | None = None) -> TensorSpec:
+        return TensorSpec(self.name(kind, layer), shape, dtype, kind, layer)
+
+    def tensors(self) -> list[TensorSpec]:
+        """Every tensor of the three graphs, each once (context K/V are an output of one graph, inputs of two)."""
+        return list(self._by_name.values())
+
+    @cached_property
+    def _by_name(self) -> dict[str, TensorSpec]:
+        # cached_property writes the instance __dict__ directly, which a frozen dataclass allows
+        seen: dict[str, TensorSpec] = {}
+        for graph in GRAPHS:
+            for s in (*self.inputs(graph), *self.outputs(graph)):
+                seen.setdefault(s.name, s)
+        return seen
+
     def context(self) -> TensorSpec:
         c = self.config
-        return TensorSpec("context", (BATCH, c.text_len, c.text_dim), self.io_dtype, "context")
+        return self._tensor(CONTEXT, (BATCH, c.text_len, c.text_dim), self.io_dtype)
 
     def context_kv(self) -> list[TensorSpec]:
         c = self.config
         shape = (BATCH, c.text_len, c.num_heads, c.head_dim)
-        return [
-            TensorSpec(f"context_{kv}.{i}", shape, self.dtype, f"context_{kv}", i)
-            for i in range(c.num_layers)
-            for kv in ("key", "value")
-        ]
+        return [self._tensor(kind, shape, self.dtype, i) for i in range(c.num_layers) for kind in CONTEXT_KV]
 
     def step_inputs(self) -> list[TensorSpec]:
         """Inputs of ``denoise_step`` and ``commit_step`` (identical), in graph order."""
@@ -123,33 +198,29 @@ class StateSpec:
         f = c.frames_per_block
         past = (BATCH, PAST_LEN, c.num_heads, c.head_dim)
         specs = [
-            TensorSpec("latents", (BATCH, c.in_channels, f, c.latent_height, c.latent_width), self.io_dtype, "latents"),
-            TensorSpec("timestep", (BATCH, f), self.io_dtype, "timestep"),
-            TensorSpec("frame_offset", (), "int64", "frame_offset"),
+            self._tensor(LATENTS, (BATCH, c.in_channels, f, c.latent_height, c.latent_width), self.io_dtype),
+            self._tensor(TIMESTEP, (BATCH, f), self.io_dtype),
+            self._tensor(FRAME_OFFSET, (), "int64"),
             *self.context_kv(),
         ]
-        specs += [self._state("past_state", i) for i in c.hybrid_layers]
-        for i in c.softmax_layers:
-            specs += [TensorSpec(f"past_{kv}.{i}", past, self.dtype, f"past_{kv}", i) for kv in ("key", "value")]
+        specs += [self._state(PAST_STATE, i) for i in c.hybrid_layers]
+        specs += [self._tensor(kind, past, self.dtype, i) for i in c.softmax_layers for kind in PAST_KV]
         return specs
 
-    def _state(self, prefix: str, layer: int) -> TensorSpec:
+    def _state(self, kind: str, layer: int) -> TensorSpec:
         c = self.config
-        return TensorSpec(
-            f"{prefix}.{layer}", (BATCH, c.num_heads, c.head_dim, c.head_dim), self.io_dtype, prefix, layer
-        )
+        return self._tensor(kind, (BATCH, c.num_heads, c.head_dim, c.head_dim), self.io_dtype, layer)
 
     def velocity(self) -> TensorSpec:
         c = self.config
         shape = (BATCH, c.out_channels, c.frames_per_block, c.latent_height, c.latent_width)
-        return TensorSpec("velocity", shape, self.io_dtype, "velocity")
+        return self._tensor(VELOCITY, shape, self.io_dtype)
 
     def commit_outputs(self) -> list[TensorSpec]:
         c = self.config
         block = (BATCH, c.tokens_per_block, c.num_heads, c.head_dim)
-        specs = [self._state("present_state", i) for i in c.hybrid_layers]
-        for i in c.softmax_layers:
-            specs += [TensorSpec(f"present_{kv}.{i}", block, self.dtype, f"present_{kv}", i) for kv in ("key", "value")]
+        specs = [self._state(PRESENT_STATE, i) for i in c.hybrid_layers]
+        specs += [self._tensor(kind, block, self.dtype, i) for i in c.softmax_layers for kind in PRESENT_KV]
         return specs
 
     def inputs(self, graph: str) -> list[TensorSpec]:
@@ -164,14 +235,10 @@ class StateSpec:
             "commit_step": self.commit_outputs,
         }[graph]()
 
-    def past_of(self, present: str) -> str:
-        """``present_state.3`` -> ``past_state.3``: the input a commit output is bound to at the next step."""
-        return present.replace("present_", "past_", 1)
-
     # -- memory --------------------------------------------------------------------------------------------------
     def state_bytes(self, batch: int = 1) -> int:
         """Bytes of the constant-size recurrent state per stream (all GDN states)."""
-        return sum(s.nbytes(batch=batch) for s in self.step_inputs() if s.kind == "past_state")
+        return sum(s.nbytes(batch=batch) for s in self.of_kind(PAST_STATE))
 
     def kv_bytes_per_frame(self, batch: int = 1) -> int:
         """Bytes the softmax layers' K/V caches grow by per latent frame."""

@@ -8,7 +8,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from arl2rt.export.state_spec import StateSpec
+from arl2rt.export.state_spec import (
+    CONTEXT_KEY,
+    CONTEXT_VALUE,
+    FRAME_OFFSET,
+    LATENTS,
+    PAST_KEY,
+    PAST_STATE,
+    PAST_VALUE,
+    PRESENT_KEY,
+    PRESENT_STATE,
+    PRESENT_VALUE,
+    TIMESTEP,
+    StateSpec,
+)
 from arl2rt.model.dit import CausalDiT
 
 
@@ -27,16 +40,16 @@ class _Step(nn.Module):
     def __init__(self, model: CausalDiT, spec: StateSpec) -> None:
         super().__init__()
         self.model, self.spec = model, spec
-        self.input_names = [s.name for s in spec.step_inputs()]
+        self.input_slots = [(s.kind, s.layer) for s in spec.step_inputs()]
 
     def _run(self, args: tuple[torch.Tensor, ...]):
         cfg = self.model.cfg
-        named = dict(zip(self.input_names, args))
-        context_kv = [(named[f"context_key.{i}"], named[f"context_value.{i}"]) for i in range(cfg.num_layers)]
-        states = {i: named[f"past_state.{i}"] for i in cfg.hybrid_layers}
-        past = {i: (named[f"past_key.{i}"], named[f"past_value.{i}"]) for i in cfg.softmax_layers}
+        arg = dict(zip(self.input_slots, args))  # (kind, layer) -> tensor: no name is spelled here
+        context_kv = [(arg[CONTEXT_KEY, i], arg[CONTEXT_VALUE, i]) for i in range(cfg.num_layers)]
+        states = {i: arg[PAST_STATE, i] for i in cfg.hybrid_layers}
+        past = {i: (arg[PAST_KEY, i], arg[PAST_VALUE, i]) for i in cfg.softmax_layers}
         return self.model.step(
-            named["latents"], named["timestep"], named["frame_offset"], context_kv, states, past, self.write
+            arg[LATENTS, None], arg[TIMESTEP, None], arg[FRAME_OFFSET, None], context_kv, states, past, self.write
         )
 
 
@@ -56,11 +69,8 @@ class CommitStep(_Step):
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self._run(args)
-        cfg = self.model.cfg
-        result = [out.states[i] for i in cfg.hybrid_layers]
-        for i in cfg.softmax_layers:
-            result += [out.keys[i], out.values[i]]
-        return tuple(result)
+        by_kind = {PRESENT_STATE: out.states, PRESENT_KEY: out.keys, PRESENT_VALUE: out.values}
+        return tuple(by_kind[s.kind][s.layer] for s in self.spec.commit_outputs())
 
 
 def step_modules(model: CausalDiT, spec: StateSpec) -> dict[str, nn.Module]:

@@ -5,8 +5,8 @@ Modelled on polygraphy's ``CompareFunc.simple``: :func:`compare_func` is a facto
 when its absolute difference exceeds ``atol`` *and* its relative difference exceeds ``rtol`` (polygraphy's
 "elemwise" rule, so ``polygraphy run --atol/--rtol`` and ``arl2rt parity --atol/--rtol`` mean the same thing).
 
-A tolerance key is a full tensor name (``present_state.2``), a kind (``present_state``: every layer's state; the
-part of a name before its first dot) or ``""``. The most specific key wins.
+A tolerance key is a full tensor name (``present_state.2``), a kind (``present_state``: every layer's state; see
+:func:`arl2rt.export.state_spec.kind_of`) or ``""``. The most specific key wins.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from arl2rt.errors import Arl2rtError
+from arl2rt.export.state_spec import PRESENT_STATE, kind_of
 
 # Element-wise relative differences divide by |reference|; zeros get this epsilon (as polygraphy does).
 _REL_EPS = 2.220446049250313e-16
@@ -28,9 +29,9 @@ _REL_EPS = 2.220446049250313e-16
 # They are a correctness check for that model size; a larger model may need --atol/--rtol.
 DEFAULT_TOLERANCES: dict[str, dict[str, dict[str, float]]] = {
     "float64": {"atol": {"": 1e-10}, "rtol": {"": 1e-10}},
-    "float32": {"atol": {"": 5e-5, "present_state": 2e-5}, "rtol": {"": 1e-4, "present_state": 1e-4}},
-    "float16": {"atol": {"": 5e-2, "present_state": 2e-2}, "rtol": {"": 5e-2, "present_state": 2e-2}},
-    "bfloat16": {"atol": {"": 4e-1, "present_state": 2e-1}, "rtol": {"": 2e-1, "present_state": 1e-1}},
+    "float32": {"atol": {"": 5e-5, PRESENT_STATE: 2e-5}, "rtol": {"": 1e-4, PRESENT_STATE: 1e-4}},
+    "float16": {"atol": {"": 5e-2, PRESENT_STATE: 2e-2}, "rtol": {"": 5e-2, PRESENT_STATE: 2e-2}},
+    "bfloat16": {"atol": {"": 4e-1, PRESENT_STATE: 2e-1}, "rtol": {"": 2e-1, PRESENT_STATE: 1e-1}},
 }
 
 
@@ -151,7 +152,7 @@ class Tolerances:
 
 
 def _pick(table: Mapping[str, float], name: str) -> float:
-    for key in (name, name.split(".", 1)[0], ""):
+    for key in (name, kind_of(name), ""):
         if key in table:
             return float(table[key])
     raise AssertionError("unreachable: Tolerances requires a default")

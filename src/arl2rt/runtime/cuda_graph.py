@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from arl2rt.errors import Arl2rtError
+from arl2rt.export.state_spec import LATENTS, PRESENT_KV, VELOCITY
 from arl2rt.model.scheduler import FlowMatchScheduler
 from arl2rt.runtime.backend import Backend
 from arl2rt.runtime.state_store import StateStore
@@ -52,7 +53,7 @@ class StaticBlock:
                 f"frame offset {frame_offset}: expected 0..{cfg.rope_max_positions - f} "
                 f"(a {f}-frame block within the {cfg.rope_max_positions}-position RoPE table)"
             )
-        self.backend, self.store = backend, store
+        self.backend, self.store, self.spec = backend, store, spec
         self.scheduler = FlowMatchScheduler.from_config(cfg)
         device, io_dtype = backend.device, spec.velocity().torch_dtype
         shape = (store.batch, cfg.in_channels, f, cfg.latent_height, cfg.latent_width)
@@ -60,7 +61,7 @@ class StaticBlock:
         steps = (*self.scheduler.timesteps, 0.0)
         self._timesteps = [torch.full((store.batch, f), t, dtype=io_dtype, device=device) for t in steps]
         self._frame_offset = torch.tensor(frame_offset, dtype=torch.int64, device=device)
-        self._slots: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._slots: dict[str, torch.Tensor] = {}  # present K/V name -> where the block's K/V go in its cache
         for i, cache in store.caches.items():
             if cache.max_past is not None:
                 raise Arl2rtError(
@@ -74,31 +75,26 @@ class StaticBlock:
                     f"{cache.frames + f})"
                 )
             start, end = cache.frames * cache.tpf, (cache.frames + f) * cache.tpf
-            self._slots[i] = (cache.key[:, start:end], cache.value[:, start:end])
+            key, value = spec.names(PRESENT_KV, i)
+            self._slots[key], self._slots[value] = cache.key[:, start:end], cache.value[:, start:end]
         self._state_feeds = store.feeds()
 
     def _feeds(self, latents: torch.Tensor, pass_index: int) -> dict[str, torch.Tensor]:
-        return {
-            "latents": latents,
-            "timestep": self._timesteps[pass_index],
-            "frame_offset": self._frame_offset,
-            **self._state_feeds,
-        }
+        return {**self.spec.pass_feeds(latents, self._timesteps[pass_index], self._frame_offset), **self._state_feeds}
 
     def __call__(self) -> dict[str, torch.Tensor]:
         sched = self.scheduler
         x = self.noise()
         x0 = x
         for i in range(len(sched.timesteps)):
-            velocity = self.backend.run("denoise_step", self._feeds(x, i))["velocity"]
+            velocity = self.backend.run("denoise_step", self._feeds(x, i))[self.spec.name(VELOCITY)]
             x0 = sched.x0(x, velocity, sched.sigmas[i])
             if i + 1 < len(sched.timesteps):
                 x = sched.next_latents(x, velocity, i, self.noise)
         outputs = self.backend.run("commit_step", self._feeds(x0, len(sched.timesteps)))
-        for i, (key, value) in self._slots.items():
-            key.copy_(outputs[f"present_key.{i}"])
-            value.copy_(outputs[f"present_value.{i}"])
-        return {"latents": x0, **outputs}
+        for name, slot in self._slots.items():
+            slot.copy_(outputs[name])
+        return {self.spec.name(LATENTS): x0, **outputs}
 
 
 class CapturedCall:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from arl2rt.errors import Arl2rtError
-from arl2rt.export.state_spec import StateSpec, torch_dtype
+from arl2rt.export.state_spec import PAST_KV, PAST_STATE, PRESENT_KV, PRESENT_STATE, StateSpec, torch_dtype
 
 
 class KVCache:
@@ -125,9 +125,8 @@ class StateStore:
 
     def reset(self) -> None:
         """Start a new video: zero every GDN state, empty every cache, forget the text (no stale state leaks)."""
-        for s in self.spec.step_inputs():
-            if s.kind == "past_state":
-                self.states[s.name] = torch.zeros(s.resolve(batch=self.batch), dtype=s.torch_dtype, device=self.device)
+        for s in self.spec.of_kind(PAST_STATE):
+            self.states[s.name] = torch.zeros(s.resolve(batch=self.batch), dtype=s.torch_dtype, device=self.device)
         self.spares.clear()
         self.context.clear()
         for cache in self.caches.values():
@@ -147,28 +146,28 @@ class StateStore:
         """The state inputs of a step: context K/V, past GDN states and past K/V views (no copies)."""
         if not self.context:
             raise Arl2rtError("no text context: call Streamer.start(context) before generating")
-        feeds = {**self.context, **self.states}
-        for i, cache in self.caches.items():
-            feeds[f"past_key.{i}"], feeds[f"past_value.{i}"] = cache.view()
-        return feeds
+        return {**self.context, **self.states, **self._past_kv()}
+
+    def _past_kv(self) -> dict[str, torch.Tensor]:
+        """Each cache's valid K/V by past K/V name (views, no copies)."""
+        return {n: t for i, cache in self.caches.items() for n, t in zip(self.spec.names(PAST_KV, i), cache.view())}
 
     def spare_buffers(self) -> dict[str, torch.Tensor]:
         """present name -> a free buffer of the right shape a backend may write the next commit into."""
-        return {self.spec.past_of(name).replace("past_", "present_", 1): buf for name, buf in self.spares.items()}
+        return {self.spec.present_of(name): buf for name, buf in self.spares.items()}
 
     def commit(self, outputs: dict[str, torch.Tensor]) -> None:
         """Bind ``present_state.*`` as the next ``past_state.*`` and append ``present_key/value.*`` to the caches."""
         expected = {s.name for s in self.spec.commit_outputs()}
         if set(outputs) != expected:
             raise Arl2rtError(f"commit_step returned {sorted(outputs)}; expected {sorted(expected)}")
-        for name, value in outputs.items():
-            if name.startswith("present_state."):
-                past = self.spec.past_of(name)
-                if value.data_ptr() != self.states[past].data_ptr():
-                    self.spares[past] = self.states[past]
-                self.states[past] = value
+        for s in self.spec.of_kind(PRESENT_STATE):
+            past, value = self.spec.past_of(s.name), outputs[s.name]
+            if value.data_ptr() != self.states[past].data_ptr():
+                self.spares[past] = self.states[past]
+            self.states[past] = value
         for i, cache in self.caches.items():
-            cache.append(outputs[f"present_key.{i}"], outputs[f"present_value.{i}"])
+            cache.append(*(outputs[name] for name in self.spec.names(PRESENT_KV, i)))
 
     def rotate_keys(self, rotate: Callable[[torch.Tensor, int], torch.Tensor], chunk_tokens: int) -> None:
         """Apply ``rotate(tensor, key_axis)`` to every stored key: cached K and the key axis of each GDN state.
@@ -189,15 +188,12 @@ class StateStore:
 
         Tensors are views of the store's buffers: copy them (e.g. to the CPU) before the next step.
         """
-        tensors = {**self.context, **self.states}
-        for i, cache in self.caches.items():
-            tensors[f"past_key.{i}"], tensors[f"past_value.{i}"] = cache.view()
-        return tensors
+        return {**self.context, **self.states, **self._past_kv()}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], source: str = "state") -> None:
         """Restore what :meth:`state_dict` returned (on any device); every name, shape and dtype is checked."""
         specs = {s.name: s for s in self.spec.context_kv()}
-        specs.update({s.name: s for s in self.spec.step_inputs() if s.kind in ("past_state", "past_key", "past_value")})
+        specs.update({s.name: s for s in self.spec.of_kind(PAST_STATE, *PAST_KV)})
         missing, extra = sorted(set(specs) - set(tensors)), sorted(set(tensors) - set(specs))
         if missing or extra:
             raise Arl2rtError(f"{source}: missing tensors {missing}, unexpected tensors {extra}")
@@ -205,18 +201,17 @@ class StateStore:
         for name, s in specs.items():
             t = tensors[name]
             s.check(t, batch=self.batch)
-            if s.kind in ("past_key", "past_value") and t.shape[1] % tpf:
+            if s.kind in PAST_KV and t.shape[1] % tpf:
                 raise Arl2rtError(f"{source}: tensor {name} holds {t.shape[1]} tokens, not whole frames of {tpf}")
         self.reset()
         self.context = {s.name: tensors[s.name].to(self.device).clone() for s in self.spec.context_kv()}
         for name in self.states:
             self.states[name] = tensors[name].to(self.device).clone()
         for i, cache in self.caches.items():
-            key, value = tensors[f"past_key.{i}"], tensors[f"past_value.{i}"]
+            key_name, value_name = self.spec.names(PAST_KV, i)
+            key, value = tensors[key_name], tensors[value_name]
             if key.shape != value.shape:
-                raise Arl2rtError(
-                    f"{source}: past_key.{i} {list(key.shape)} and past_value.{i} {list(value.shape)} differ"
-                )
+                raise Arl2rtError(f"{source}: {key_name} {list(key.shape)} and {value_name} {list(value.shape)} differ")
             cache.load(key.to(self.device), value.to(self.device))
 
     def nbytes(self) -> dict[str, int]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from arl2rt.errors import Arl2rtError
+from arl2rt.export.state_spec import CONTEXT, VELOCITY
 from arl2rt.model.scheduler import FlowMatchScheduler
 from arl2rt.runtime.backend import Backend
 from arl2rt.runtime.rope_rebase import RopePositions
@@ -64,7 +65,7 @@ class Streamer:
         spec = self.spec.context()
         context = context.to(device=self.backend.device, dtype=spec.torch_dtype)
         spec.check(context, batch=self.batch)
-        self.store.set_context(self.backend.run("encode_context", {"context": context}))
+        self.store.set_context(self.backend.run("encode_context", {self.spec.name(CONTEXT): context}))
 
     def _noise(self) -> torch.Tensor:
         c = self.cfg
@@ -76,7 +77,7 @@ class Streamer:
         f = self.cfg.frames_per_block
         timestep = torch.full((self.batch, f), t, dtype=self._io_dtype, device=self.backend.device)
         offset = torch.tensor(self.position.rope_frame, dtype=torch.int64, device=self.backend.device)
-        return {"latents": latents, "timestep": timestep, "frame_offset": offset, **self.store.feeds()}
+        return {**self.spec.pass_feeds(latents, timestep, offset), **self.store.feeds()}
 
     def _run(self, graph: str, feeds: dict, pass_index: int, out: dict | None = None) -> dict:
         outputs = self.backend.run(graph, feeds, out)
@@ -92,7 +93,7 @@ class Streamer:
         x = self._noise()
         x0 = x
         for i, t in enumerate(sched.timesteps):
-            velocity = self._run("denoise_step", self._feeds(x, t), i)["velocity"]
+            velocity = self._run("denoise_step", self._feeds(x, t), i)[self.spec.name(VELOCITY)]
             x0 = sched.x0(x, velocity, sched.sigmas[i])
             if i + 1 < len(sched.timesteps):
                 x = sched.next_latents(x, velocity, i, self._noise)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from arl2rt.errors import Arl2rtError
-from arl2rt.export.state_spec import GRAPHS, StateSpec
+from arl2rt.export.state_spec import GRAPHS, PER_PASS, StateSpec
 from arl2rt.runtime.backend import Backend
 from arl2rt.runtime.trt.build import PLUGIN_MODULE, build_engines, default_cache_dir, engine_key
 from arl2rt.runtime.trt.cache import read_entry
@@ -36,8 +36,6 @@ from arl2rt.runtime.trt.loaders import DTYPE_NAMES, make_logger
 if TYPE_CHECKING:
     from arl2rt.export.package import ModelPackage
 
-# per-pass inputs of a step that change buffers between calls: copied into a captured graph's static inputs
-_STAGED = ("latents", "timestep", "frame_offset")
 # compute capabilities TensorRT-RTX's runtime refuses (data-center Hopper and Blackwell)
 _RTX_UNSUPPORTED = ("9.0", "10.0")
 
@@ -237,20 +235,22 @@ class TensorRTBackend(Backend):
         engine = self.engines[graph]
         return not any(
             engine.is_shape_inference_io(s.name)
-            or (s.name not in _STAGED and (feeds[s.name].numel() == 0 or not feeds[s.name].is_contiguous()))
+            or (s.kind not in PER_PASS and (feeds[s.name].numel() == 0 or not feeds[s.name].is_contiguous()))
             for s in self.spec.inputs(graph)
         )
 
     def _run_graphed(self, graph: str, feeds: dict) -> dict[str, torch.Tensor]:
         """Replay a captured graph when shapes and the addresses of the un-staged inputs are those it was made with."""
         key = tuple(
-            (s.name, tuple(feeds[s.name].shape), 0 if s.name in _STAGED else feeds[s.name].data_ptr())
+            (s.name, tuple(feeds[s.name].shape), 0 if s.kind in PER_PASS else feeds[s.name].data_ptr())
             for s in self.spec.inputs(graph)
         )
         cap = self._captured.get(graph)
         if cap is None or cap.key != key:
             # first call with these shapes: run plainly (TensorRT sets itself up) and keep static buffers for capture
-            cap = _Graph(key, staged={n: feeds[n].clone() for n in _STAGED if n in feeds})
+            # the per-pass inputs change buffers between calls: the graph reads static copies of them
+            staged = {s.name: feeds[s.name].clone() for s in self.spec.inputs(graph) if s.kind in PER_PASS}
+            cap = _Graph(key, staged=staged)
             self._captured[graph] = cap
             keep: list[torch.Tensor] = []
             cap.outputs = self._bind(graph, {**feeds, **cap.staged}, {}, keep)
