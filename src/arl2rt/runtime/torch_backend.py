@@ -1,4 +1,5 @@
-"""The PyTorch backend: runs the step modules the exporter traces, eagerly (Triton kernels on CUDA)."""
+"""The PyTorch backend: runs the step modules the exporter traces (Triton kernels on CUDA), eagerly or, on CUDA, as
+CUDA graphs replayed wherever the stream's shapes stay the same (:mod:`arl2rt.runtime.step_graphs`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from arl2rt.export.state_spec import StateSpec
 from arl2rt.export.steps import step_modules
 from arl2rt.model.dit import CausalDiT
 from arl2rt.runtime.backend import Backend
+from arl2rt.runtime.step_graphs import StepGraphs, graphs_wanted
 
 
 class TorchBackend(Backend):
@@ -21,17 +23,26 @@ class TorchBackend(Backend):
         super().__init__(spec, device)
         self._model_or_builder = model
         self.modules: dict[str, torch.nn.Module] = {}
+        self.graphs: StepGraphs | None = None
 
     def activate_impl(self) -> None:
         model = self._model_or_builder
         model = model if isinstance(model, torch.nn.Module) else model()
         model = model.to(device=self.device, dtype=self.spec.config_dtype).eval()
         self.modules = step_modules(model, self.spec)
+        self.graphs = StepGraphs(self.spec, self.device, self._eager) if graphs_wanted(self.device) else None
 
     def deactivate_impl(self) -> None:
-        self.modules = {}
+        if self.graphs is not None:
+            self.graphs.release()
+        self.modules, self.graphs = {}, None
 
     def run_impl(self, graph, feeds, out):
+        if self.graphs is not None:
+            return self.graphs.run(graph, feeds, out)
+        return self._eager(graph, feeds)
+
+    def _eager(self, graph: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         names = [s.name for s in self.spec.inputs(graph)]
         with torch.inference_mode():
             result = self.modules[graph](*(feeds[n] for n in names))
