@@ -68,7 +68,7 @@ def rel_rms(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float((x - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
-def max_abs(x: torch.Tensor, ref: torch.Tensor) -> float:
+def max_abs_error(x: torch.Tensor, ref: torch.Tensor) -> float:
     """The largest ``|x - ref|``, in float64; NaN anywhere in ``x`` gives NaN."""
     return float((x.double() - ref.double()).abs().max())
 
