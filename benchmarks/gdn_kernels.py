@@ -2,8 +2,8 @@
 
 Run on the device machine (fla-core carried as a wheel):
 
-    python benchmarks/gdn_kernels.py --out $OUT            # correctness table, sweeps, comparisons
-    python benchmarks/gdn_kernels.py --smoke               # plumbing check on the CPU interpreter, tiny shapes
+    python -m benchmarks.gdn_kernels --out $OUT            # correctness table, sweeps, comparisons
+    python -m benchmarks.gdn_kernels --smoke               # plumbing check on the CPU interpreter, tiny shapes
 
 Timing: eager = ``triton.testing.do_bench`` (L2 flushed per call, launch overhead included); graph = one CUDA graph
 replaying the op on ``ROTATE`` input sets in turn (so inputs do not sit in the 60 MB L2), per-call time = replay time /
@@ -14,16 +14,15 @@ table is printed last.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import subprocess
 import sys
 import traceback
 from dataclasses import asdict, replace
 
 import torch
+
+from benchmarks._harness import environment, quantiles, rel_rms, time_calls
 
 ROTATE = 3
 D = 128  # head dim (K = V), H = 12 heads: Wan2.1-1.3B
@@ -51,13 +50,6 @@ def make_inputs(b, t, h, d, dtype, seed, device, correlated=False):
     return q.to(dtype), k.to(dtype), v.to(dtype), g, beta, s0
 
 
-def rel_rms(x, ref):
-    x, ref = x.double(), ref.double()
-    if torch.isnan(x).any():
-        return float("nan")
-    return ((x - ref).norm() / ref.norm()).item()
-
-
 def time_graph(fns, replays=100):
     """Per-call µs (median, q20, q80) of one CUDA graph that calls each of ``fns`` once."""
     for f in fns:
@@ -75,15 +67,7 @@ def time_graph(fns, replays=100):
             f()
     for _ in range(5):
         graph.replay()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
-    for s, e in zip(starts, ends):
-        s.record()
-        graph.replay()
-        e.record()
-    torch.cuda.synchronize()
-    times = torch.tensor([s.elapsed_time(e) * 1e3 / len(fns) for s, e in zip(starts, ends)])
-    return [times.quantile(p).item() for p in (0.5, 0.2, 0.8)]
+    return [t * 1e6 / len(fns) for t in quantiles(time_calls(graph.replay, replays, torch.device("cuda")))]
 
 
 def time_eager(fns):
@@ -98,34 +82,13 @@ def fmt(t):
     return f"{t[0]:.1f} ({t[1]:.1f}–{t[2]:.1f})"
 
 
-def environment():
-    import triton
-
-    env = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda": torch.version.cuda,
-    }
+def fla_version() -> str:
     try:
         import fla
 
-        env["fla"] = getattr(fla, "__version__", "?")
+        return getattr(fla, "__version__", "?")
     except Exception as exc:  # noqa: BLE001 - fla is optional here
-        env["fla"] = f"missing ({exc})"
-    if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        env["device"] = f"{p.name}, {p.multi_processor_count} SMs, {p.total_memory / 2**30:.0f} GiB"
-        try:
-            env["driver"] = subprocess.run(
-                ["nvidia-smi", "--query-gpu=driver_version,clocks.sm,clocks.mem", "--format=csv,noheader"],
-                capture_output=True,
-                text=True,
-            ).stdout.strip()
-        except OSError:
-            env["driver"] = "?"
-    return env
+        return f"missing ({exc})"
 
 
 def compiled_resources(compiled):
@@ -367,7 +330,9 @@ def main():
 
     skip = set(args.skip.split(","))
     ts = [int(t) for t in args.ts.split(",")]
-    result = {"env": environment()}
+    result = {
+        "env": {**environment(torch.device("cuda" if torch.cuda.is_available() else "cpu")), "fla": fla_version()}
+    }
     log("env", result["env"])
     sections = [
         ("correctness", lambda: correctness(chunk, naive, "cuda", SHAPES, [torch.float32, torch.bfloat16])),

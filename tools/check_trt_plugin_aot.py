@@ -14,17 +14,15 @@ For each input dtype (bf16, fp32) at ARL2's shape (B=1, T=4680, H=12, K=V=128), 
 Each final state is compared with the float64 reference (relative RMS error, NaN fails). Prints a markdown table and
 writes it (and JSON) under ``--out``. ``--dry`` compiles for sm_90 and checks the PTX only (no GPU needed).
 
-Usage on the device tool: ``PYTHONPATH=src python tools/check_trt_plugin_aot.py --out $OUT``
+Usage on the device tool, from the repository root: ``PYTHONPATH=src python -m tools.check_trt_plugin_aot --out $OUT``
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import triton
 
 from arl2rt.errors import Arl2rtError
 from arl2rt.model.gated_delta import chunk_gated_delta_rule_state
@@ -50,6 +47,7 @@ from arl2rt.plugins.gdn.aot import (
     stage_launch,
     stage_tensor_shapes,
 )
+from benchmarks._harness import environment, max_abs_error, rel_rms, time_calls
 
 B, T, H, K, V = 1, 4680, 12, 128, 128
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -74,27 +72,6 @@ def inputs(dtype: torch.dtype, seed: int, device: str) -> dict[str, torch.Tensor
         "beta": beta.to(device),
         "s0": s0.to(device),
     }
-
-
-def rel_rms(x: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
-    x = x.double()
-    if torch.isnan(x).any():
-        return float("nan"), float("nan")
-    return ((x - ref).norm() / ref.norm()).item(), (x - ref).abs().max().item()
-
-
-def median_ms(fn, reps: int = 10) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 class DriverKernel:
@@ -189,7 +166,7 @@ def check_dtype(name: str, rows: list[dict], workdir: Path, dry: bool) -> None:
         for s in stages:
             run_stage_jit(s, ptrs, B, T, stream.cuda_stream)
         stream.synchronize()
-        return (*rel_rms(tensors["out"], ref), None)
+        return rel_rms(tensors["out"], ref), max_abs_error(tensors["out"], ref), None
 
     guarded(f"JIT {chain} (stage impls)", jit_stages)
 
@@ -212,7 +189,7 @@ def check_dtype(name: str, rows: list[dict], workdir: Path, dry: bool) -> None:
 
             once()
             stream.synchronize()
-            err = rel_rms(out, ref)
+            err = rel_rms(out, ref), max_abs_error(out, ref)
             with torch.cuda.stream(stream):
                 return (*err, median_ms(once))
 
@@ -236,7 +213,7 @@ def check_dtype(name: str, rows: list[dict], workdir: Path, dry: bool) -> None:
                 stream.synchronize()
             except Exception as exc:
                 raise RuntimeError(f"stage {drv.kernel.stage.plugin}: {exc}") from exc
-        err = rel_rms(tensors["out"], ref)
+        err = rel_rms(tensors["out"], ref), max_abs_error(tensors["out"], ref)
 
         def all_stages() -> None:
             for drv in drivers:
@@ -262,22 +239,23 @@ def _result(dtype: str, path: str, err: float, max_abs: float, ms: float | None)
     }
 
 
-def environment(dry: bool) -> dict:
-    env = {
-        "date": datetime.date.today().isoformat(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "device": "none (--dry: PTX compiled for sm_90)" if dry else torch.cuda.get_device_name(),
-        "kernel sources sha256[:12]": {
-            f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:12] for f in (Path(chunk.__file__), Path(aot.__file__))
-        },
+def median_ms(fn) -> float:
+    """Median of 10 timed calls, in ms, on the current stream (``fn`` already ran once: compiled, warm)."""
+    return 1e3 * statistics.median(time_calls(fn, 10, torch.device("cuda")))
+
+
+def check_environment(dry: bool) -> dict:
+    env = environment(None if dry else torch.device("cuda"))
+    if dry:
+        env["device"] = "none (--dry: PTX compiled for sm_90)"
+    env["kernel sources sha256[:12]"] = {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:12] for f in (Path(chunk.__file__), Path(aot.__file__))
     }
     if not dry:
         import cupy
 
         env["cupy"] = cupy.__version__
-        env["driver"] = cupy.cuda.runtime.driverGetVersion()
+        env["cuda_driver"] = cupy.cuda.runtime.driverGetVersion()
         env["compute_capability"] = "{}.{}".format(*torch.cuda.get_device_capability())
     return env
 
@@ -323,7 +301,7 @@ def markdown(env: dict, rows: list[dict]) -> str:
 def run_isolated(name: str, tmp: Path) -> list[dict]:
     """Check one dtype in a fresh process: a CUDA fault poisons its process, not the other dtype's checks."""
     out = tmp / f"{name}.json"
-    cmd = [sys.executable, __file__, "--only", name, "--rows", str(out)]
+    cmd = [sys.executable, "-m", "tools.check_trt_plugin_aot", "--only", name, "--rows", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if not out.is_file():
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -355,7 +333,7 @@ def main() -> int:
     if args.rows is not None:
         args.rows.write_text(json.dumps(rows))
         return 0
-    env = environment(args.dry)
+    env = check_environment(args.dry)
     text = markdown(env, rows)
     print(text)
     if args.out is not None:

@@ -1,9 +1,9 @@
-"""benchmarks/stream_scaling.py keeps working: its smoke mode end to end on the CPU, its arithmetic, its errors."""
+"""benchmarks/stream_scaling keeps working: its smoke mode end to end on the CPU, its arithmetic, its errors."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
+import importlib
 import json
 import math
 import os
@@ -18,22 +18,27 @@ from arl2rt.export.state_spec import StateSpec
 from arl2rt.model.config import PRESETS
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "stream_scaling.py"
 GIB = 2**30
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("stream_scaling", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+def _load(module: str):
+    """A module of the benchmark package, imported from the repository root as ``python -m`` imports it."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        return importlib.import_module(f"benchmarks.stream_scaling.{module}")
+    finally:
+        sys.path.remove(str(ROOT))
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300
+        [sys.executable, "-m", "benchmarks.stream_scaling", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
     )
 
 
@@ -92,20 +97,20 @@ def test_smoke_complete_runs_and_report(smoke):
         assert heading in md
     assert "| ARL2-75 % | 0-2 | 9 |" in md
     assert proc.stdout.startswith("# ARL2 stream scaling")
-    command = r"device command: PYTHONPATH=src python3 benchmarks/stream_scaling.py (--git-ref \w+ )?--out \$OUT/"
+    command = r"device command: PYTHONPATH=src python3 -m benchmarks.stream_scaling (--git-ref \w+ )?--out \$OUT/"
     assert re.search(command + "stream_scaling.md", proc.stderr)
 
 
 def test_compute_floor_reproduces_the_perf_anchors():
     """perf-anchors.md §6.5: ≈202 TFLOP per block for the all-softmax model with a 21-frame window, ≈81 all-hybrid."""
-    mod = _load()
-    mixes = mod.layer_mixes(PRESETS["wan2.1-t2v-1.3b"])
+    plan = _load("plan")
+    mixes = plan.layer_mixes(PRESETS["wan2.1-t2v-1.3b"])
     assert mixes["arl2-75"].hybrid_layers == tuple(range(22)) and mixes["arl2-50"].hybrid_layers == tuple(range(15))
-    baseline = sum(mod.block_flops(mixes["baseline"], 21).values())
-    hybrid = sum(mod.block_flops(mixes["all-hybrid"], 21).values())
+    baseline = sum(plan.block_flops(mixes["baseline"], 21).values())
+    hybrid = sum(plan.block_flops(mixes["all-hybrid"], 21).values())
     assert baseline == pytest.approx(202e12, rel=0.01)
     assert hybrid == pytest.approx(81e12, rel=0.02)
-    assert sum(mod.block_flops(mixes["all-hybrid"], 1008).values()) == hybrid  # no growing cache
+    assert sum(plan.block_flops(mixes["all-hybrid"], 1008).values()) == hybrid  # no growing cache
 
 
 def test_bad_positions_and_missing_plot_input_are_one_line_errors(tmp_path):
@@ -126,7 +131,7 @@ def test_plot_from_csv(smoke, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _point(mod, cfgs, mix, n, block_ms, peak):
+def _point(plan, cfgs, mix, n, block_ms, peak):
     return {
         "config": mix,
         "hybrid_layers": len(cfgs[mix].hybrid_layers),
@@ -141,21 +146,21 @@ def _point(mod, cfgs, mix, n, block_ms, peak):
         "peak_gib": peak,
         "accounted_gib": peak,
         "kv_cache_gib": 0.0,
-        "floor_ms": mod.floor_ms(cfgs[mix], n),
+        "floor_ms": plan.floor_ms(cfgs[mix], n),
     }
 
 
 def test_headline_against_the_issue_numbers_at_real_positions():
     """The report's comparison rows at the issue's positions (the smoke run never reaches them)."""
-    mod = _load()
-    cfgs = mod.layer_mixes(PRESETS["wan2.1-t2v-1.3b"])
+    plan, report = _load("plan"), _load("report")
+    cfgs = plan.layer_mixes(PRESETS["wan2.1-t2v-1.3b"])
     points = [
-        _point(mod, cfgs, "baseline", 21, 400.0, 9.0),
-        _point(mod, cfgs, "baseline", 231, 3000.0, 70.0),
-        _point(mod, cfgs, "arl2-75", 21, 200.0, 6.0),
-        _point(mod, cfgs, "arl2-75", 231, 1000.0, 21.5),
-        _point(mod, cfgs, "all-hybrid", 21, 170.0, 3.00),
-        _point(mod, cfgs, "all-hybrid", 1008, 171.0, 3.04),
+        _point(plan, cfgs, "baseline", 21, 400.0, 9.0),
+        _point(plan, cfgs, "baseline", 231, 3000.0, 70.0),
+        _point(plan, cfgs, "arl2-75", 21, 200.0, 6.0),
+        _point(plan, cfgs, "arl2-75", 231, 1000.0, 21.5),
+        _point(plan, cfgs, "all-hybrid", 21, 170.0, 3.00),
+        _point(plan, cfgs, "all-hybrid", 1008, 171.0, 3.04),
     ]
     result = {
         "env": dict.fromkeys(("device", "driver", "python", "torch", "triton", "cuda", "cudnn", "git", "date"), "-"),
@@ -167,19 +172,19 @@ def test_headline_against_the_issue_numbers_at_real_positions():
         "full_runs": [],
         "skipped": [],
     }
-    rows = mod.enriched_rows(result)
+    rows = report.enriched_rows(result)
     assert rows[0]["fps"] == pytest.approx(12 / 0.4)
-    table = {row[0]: row[3:] for row in mod.headline(result, rows)}
+    table = {row[0]: row[3:] for row in report.headline(result, rows)}
     speed = table["ARL2-75 % vs baseline, time per block at 231 latent frames (921 video frames)"]
     assert speed == ("3.00× (3000 vs 1000 ms)", "yes")
     memory = table["ARL2-75 % vs baseline, DiT peak memory at 231 latent frames"]
     assert memory == ("−69.3% (70.0 vs 21.5 GiB)", "no")
     floor = table["baseline: time per block at 21 latent frames / compute floor"]
-    assert floor[1] == "yes" and floor[0].startswith(f"{400 / mod.floor_ms(cfgs['baseline'], 21):.2f}×")
+    assert floor[1] == "yes" and floor[0].startswith(f"{400 / plan.floor_ms(cfgs['baseline'], 21):.2f}×")
     assert table["all-hybrid peak memory, 21 → 1008 latent frames"] == ("3.00–3.04 GiB (1.33 %)", "no")
     # whole 231-frame video from the sweep: a + bN through the two points, summed over N = 3, 6, ..., 231
     fit = sum(0.4 + (3.0 - 0.4) * (n - 21) / 210 for n in range(3, 232, 3))
-    assert mod.fit_total_s(rows, "baseline", 231, 3) == pytest.approx(fit)
-    assert mod.fit_total_s(rows, "baseline", 252, 3) is None  # never past the last position measured
-    md = mod.render_markdown(result)
+    assert report.fit_total_s(rows, "baseline", 231, 3) == pytest.approx(fit)
+    assert report.fit_total_s(rows, "baseline", 252, 3) is None  # never past the last position measured
+    md = report.render_markdown(result)
     assert "| baseline | none | 231 | 921 | **3,000.0** (3,000.0–3,000.0) |" in md

@@ -41,9 +41,6 @@ class Backend(ABC):
         self.deactivate()
 
     # -- running -------------------------------------------------------------------------------------------------
-    def input_metadata(self, graph: str) -> list[TensorSpec]:
-        return self.spec.inputs(graph)
-
     def run(
         self, graph: str, feeds: dict[str, torch.Tensor], out: dict[str, torch.Tensor] | None = None
     ) -> dict[str, torch.Tensor]:

@@ -25,9 +25,6 @@ class DimRange:
     opt: int
     max: int
 
-    def as_list(self) -> list[int]:
-        return [self.min, self.opt, self.max]
-
 
 def dim_ranges(cfg: ModelConfig, *, max_frames: int | None = None, max_batch: int = 1) -> dict[str, DimRange]:
     """Ranges of every symbolic dim of the StateSpec for streams of up to ``max_frames`` latent frames."""

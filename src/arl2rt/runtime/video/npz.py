@@ -1,0 +1,71 @@
+"""``.npz``: the raw latents, one array per block, ``block_000000`` ... each ``[B, C, F_b, H, W]``.
+
+:func:`read_latents` concatenates them to ``[B, C, F, H, W]``. The zip directory is rewritten after every block, so
+``numpy.load`` reads every finished block, except in one case: a ``kill -9`` during the milliseconds a block is being
+appended leaves the directory unwritten; ``arl2rt generate --resume`` repairs that (it truncates the file to its last
+snapshot).
+"""
+
+from __future__ import annotations
+
+import base64
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from arl2rt.errors import Arl2rtError
+from arl2rt.runtime.video.common import FrameWriter, prepare_file
+
+
+class NpzWriter(FrameWriter):
+    """Latents as one ``block_NNNNNN`` array per block in an uncompressed ``.npz`` (a zip).
+
+    Appending a member writes over the zip's central directory, so the state a session records holds that directory
+    itself (a few dozen bytes per block): resuming cuts the file back to the end of the recorded blocks' data and
+    writes the recorded directory after it, which restores the file exactly as it was at the snapshot.
+    """
+
+    format = "npz"
+
+    def __init__(self, path: Path, fps: int, *, resume: dict | None = None, overwrite: bool = False):
+        super().__init__(path, fps)
+        self.frames = resume["frames"] if resume else 0
+        self.blocks = resume["blocks"] if resume else 0
+        prepare_file(self.path, resume, overwrite)
+        if resume:
+            with open(self.path, "r+b") as f:
+                f.seek(resume["bytes"])
+                f.write(base64.b64decode(resume["directory"]))
+
+    def write_impl(self, latents: torch.Tensor) -> None:
+        array = latents.detach().cpu().numpy()
+        # "a" on an empty file starts a new archive; otherwise it writes over the old directory and rewrites it
+        with zipfile.ZipFile(self.path, "a", compression=zipfile.ZIP_STORED) as zf:
+            with zf.open(f"block_{self.blocks:06d}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
+        self.blocks += 1
+
+    def state_impl(self) -> dict[str, Any]:
+        if self.blocks == 0:
+            return {"bytes": 0, "blocks": 0, "directory": ""}
+        with zipfile.ZipFile(self.path) as zf:
+            data_end = zf.start_dir  # where the central directory begins: the end of the last block's data
+        with open(self.path, "rb") as f:
+            f.seek(data_end)
+            directory = f.read()
+        return {"bytes": data_end, "blocks": self.blocks, "directory": base64.b64encode(directory).decode()}
+
+
+def read_latents(path: Path) -> np.ndarray:
+    """The whole stream of an ``.npz`` written by :class:`NpzWriter`: ``[B, C, F, H, W]``."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            names = sorted(n for n in z.files if n.startswith("block_"))
+            if not names:
+                raise Arl2rtError(f"{path}: no block_* arrays; expected latents written by arl2rt generate")
+            return np.concatenate([z[n] for n in names], axis=2)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise Arl2rtError(f"{path}: cannot read latents ({exc})") from None
