@@ -75,8 +75,8 @@ class StepGraphs:
 
         ``out`` maps ``present_state`` names to buffers the step writes into (the StateStore's spares).
         """
-        if graph not in CAPTURED_STEPS:
-            return self.eager(graph, feeds)
+        if graph not in CAPTURED_STEPS or torch.cuda.is_current_stream_capturing():
+            return self.eager(graph, feeds)  # inside a caller's own capture (a whole block as one graph): no nesting
         with torch.inference_mode():  # the spares may be inference tensors (earlier eager outputs)
             return self._run(graph, feeds, out)
 
