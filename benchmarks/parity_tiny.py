@@ -26,9 +26,9 @@ import torch
 
 from arl2rt.errors import Arl2rtError
 from arl2rt.model.config import PRESETS
+from arl2rt.model.random import random_context, random_model
 from arl2rt.parity.check import check_parity
 from arl2rt.runtime.environment import package_version
-from arl2rt.runtime.generate import random_context, random_model
 
 FP32_BAR = 1e-4
 DRIFT_COSINE_BAR = 0.999

@@ -9,7 +9,7 @@ import torch
 import torch.utils._device
 
 from arl2rt.model.config import PRESETS, ModelConfig
-from arl2rt.runtime.generate import random_context, random_model
+from arl2rt.model.random import random_context, random_model
 
 
 @pytest.fixture

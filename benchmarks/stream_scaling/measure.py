@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
+from arl2rt.model.random import random_context
 from arl2rt.runtime.cuda_graph import StaticBlock
-from arl2rt.runtime.generate import random_context
 from arl2rt.runtime.streamer import Streamer
 from arl2rt.runtime.torch_backend import TorchBackend
 from benchmarks._harness import quantiles, time_calls

@@ -13,8 +13,8 @@ import torch
 from arl2rt.export.state_spec import StateSpec
 from arl2rt.model.config import ModelConfig
 from arl2rt.model.layers import attention
+from arl2rt.model.random import random_context, random_model
 from arl2rt.runtime.cuda_graph import CapturedCall
-from arl2rt.runtime.generate import random_context, random_model
 from arl2rt.runtime.state_store import StateStore
 from arl2rt.runtime.torch_backend import TorchBackend
 from benchmarks._harness import time_calls

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from arl2rt.cli.main import app
 from arl2rt.model.checkpoint import load_checkpoint
 from arl2rt.model.config import PRESETS
-from arl2rt.runtime.generate import random_model
+from arl2rt.model.random import random_model
 
 
 def _upstream_pt(path, seed: int = 0):

@@ -16,7 +16,6 @@ from arl2rt.cli.main import app
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import StateSpec
 from arl2rt.model.config import PRESETS
-from arl2rt.runtime.generate import GenerateOptions
 
 
 def _text(result) -> str:
@@ -29,8 +28,8 @@ def calls(monkeypatch, tmp_path):
     record: dict = {}
     model = object()
 
-    def load_model(opts):
-        record["load_model"] = opts
+    def load_model(**kwargs):
+        record["load_model"] = kwargs
         return SimpleNamespace(model=model, description="random weights of config tiny")
 
     def export_package(m, out, **kwargs):
@@ -60,10 +59,10 @@ def calls(monkeypatch, tmp_path):
 
 def test_export_passes_every_option_to_the_library(calls, tmp_path):
     out = tmp_path / "pkg"
-    args = ["export", str(out), "--config", "tiny", "--target", "tensorrt", "--dtype", "float16", "--opset", "19"]
+    args = ["export", "-o", str(out), "--config", "tiny", "--target", "tensorrt", "--dtype", "float16", "--opset", "19"]
     result = CliRunner().invoke(app, [*args, "--trt-plugin", "jit", "--overwrite", "--json"])
     assert result.exit_code == 0, result.output
-    assert calls["load_model"] == GenerateOptions(config="tiny", checkpoint=None)
+    assert calls["load_model"] == {"config": "tiny", "checkpoint": None}
     path, kwargs = calls["export_package"]
     assert path == out
     assert callable(kwargs.pop("progress"))
@@ -76,9 +75,9 @@ def test_export_passes_every_option_to_the_library(calls, tmp_path):
 
 
 def test_export_defaults_and_table(calls, tmp_path):
-    result = CliRunner().invoke(app, ["export", str(tmp_path / "pkg")])
+    result = CliRunner().invoke(app, ["export", "-o", str(tmp_path / "pkg")])
     assert result.exit_code == 0, result.output
-    assert calls["load_model"] == GenerateOptions()  # no --config: the embedded model
+    assert calls["load_model"] == {"config": None, "checkpoint": None}  # no --config: the embedded model
     _, kwargs = calls["export_package"]
     defaults = (kwargs["target"], kwargs["dtype"], kwargs["opset"], kwargs["trt_plugin"], kwargs["overwrite"])
     assert defaults == ("onnxruntime", "float32", None, None, False)
@@ -86,11 +85,11 @@ def test_export_defaults_and_table(calls, tmp_path):
 
 
 def test_export_user_error_exits_1_without_traceback(monkeypatch, tmp_path):
-    def fail(opts):
+    def fail(**kwargs):
         raise Arl2rtError("config 'nope': not a preset (tiny, wan2.1-t2v-1.3b) and no such JSON file")
 
     monkeypatch.setattr(export_cli, "load_model", fail)
-    result = CliRunner().invoke(app, ["export", str(tmp_path / "pkg"), "--config", "nope"])
+    result = CliRunner().invoke(app, ["export", "--output", str(tmp_path / "pkg"), "--config", "nope"])
     assert result.exit_code == 1
     assert "config 'nope': not a preset" in _text(result) and "Traceback" not in result.output
 
@@ -170,3 +169,26 @@ def test_inspect_user_error_exits_1(monkeypatch):
     monkeypatch.setattr(inspect_cli.ModelPackage, "load", load)
     result = CliRunner().invoke(app, ["inspect", "/p"])
     assert result.exit_code == 1 and "truncated" in _text(result) and "Traceback" not in result.output
+
+
+def test_export_output_is_an_option_and_the_old_positional_warns(calls, tmp_path):
+    out = tmp_path / "pkg"
+    result = CliRunner().invoke(app, ["export", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert calls["export_package"][0] == out and json.loads(result.stdout)["package"] == str(out)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "(positional) is deprecated" in lines[0] and f"use -o {out}" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "expected an output: -o PKG"),
+        (["a", "-o", "b"], "output given 2 times: -o b, a; expected -o only"),
+        (["a", "b"], "output given 2 times: a, b; expected -o only"),
+    ],
+    ids=["none", "option-and-positional", "two-positionals"],
+)
+def test_export_needs_exactly_one_output(calls, args, message):
+    result = CliRunner().invoke(app, ["export", *args])
+    assert result.exit_code == 1 and message in _text(result) and "export_package" not in calls

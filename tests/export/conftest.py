@@ -9,7 +9,7 @@ from export_helpers import MICRO
 
 from arl2rt.export.onnx_export import export_graph
 from arl2rt.export.state_spec import GRAPHS, StateSpec
-from arl2rt.runtime.generate import random_model
+from arl2rt.model.random import random_model
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from arl2rt.export.onnx_export import EXPORT_OPSET, export_graph
 from arl2rt.export.passes.state_io import onnx_dtype
 from arl2rt.export.state_spec import StateSpec
 from arl2rt.export.steps import step_modules
-from arl2rt.runtime.generate import random_model
+from arl2rt.model.random import random_model
 
 
 def test_graph_io_is_the_state_contract(micro_graphs):

@@ -9,7 +9,7 @@ import torch
 from arl2rt.export.state_spec import StateSpec
 from arl2rt.model.attention import HybridSelfAttention
 from arl2rt.model.layers import RopeTables
-from arl2rt.runtime.generate import random_model
+from arl2rt.model.random import random_model
 from arl2rt.runtime.streamer import Streamer
 from arl2rt.runtime.torch_backend import TorchBackend
 

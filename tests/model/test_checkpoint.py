@@ -25,7 +25,7 @@ from arl2rt.model.checkpoint import (
     save_checkpoint,
 )
 from arl2rt.model.config import PRESETS
-from arl2rt.runtime.generate import random_context, random_model
+from arl2rt.model.random import random_context, random_model
 
 CFG = PRESETS["tiny"]  # dim 64, 4 heads, rank 4, alpha 8 -> scale 2; layers 0-2 hybrid, 3 softmax
 FFN_LORA_LAYERS = (0, 1, 2, 3)  # upstream --ffn_lora_all_layers: the softmax layer's FFN has LoRA too

@@ -11,9 +11,9 @@ import torch
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import StateSpec
 from arl2rt.model.embedded import EMBEDDED_NAME, load_embedded, parse_prompt
+from arl2rt.model.random import random_model
 from arl2rt.model.scheduler import FlowMatchScheduler
 from arl2rt.model.sequence import clip_forward
-from arl2rt.runtime.generate import random_model
 from arl2rt.runtime.streamer import Streamer
 from arl2rt.runtime.torch_backend import TorchBackend
 

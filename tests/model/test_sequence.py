@@ -9,8 +9,8 @@ import torch
 
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import StateSpec
+from arl2rt.model.random import random_context, random_model
 from arl2rt.model.sequence import clip_forward, teacher_forcing_forward
-from arl2rt.runtime.generate import random_context, random_model
 from arl2rt.runtime.state_store import StateStore
 from arl2rt.runtime.torch_backend import TorchBackend
 

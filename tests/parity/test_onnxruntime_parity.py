@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from arl2rt.cli.main import app
 from arl2rt.export.package import export_package
+from arl2rt.model.random import random_context, random_model
 from arl2rt.parity.check import check_parity
-from arl2rt.runtime.generate import random_context, random_model
 from micro_configs import micro_config
 
 # Both layer kinds, every state kind, 16 tokens per block: a block costs milliseconds.

@@ -11,10 +11,10 @@ import torch
 
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import StateSpec
+from arl2rt.model.random import random_context, random_model
 from arl2rt.model.scheduler import FlowMatchScheduler
 from arl2rt.parity.runner import run_parity
 from arl2rt.runtime.backend import Backend
-from arl2rt.runtime.generate import random_context, random_model
 from arl2rt.runtime.torch_backend import TorchBackend
 
 

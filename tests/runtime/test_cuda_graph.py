@@ -10,8 +10,8 @@ import torch
 
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import StateSpec
+from arl2rt.model.random import random_model
 from arl2rt.runtime.cuda_graph import CapturedCall, StaticBlock
-from arl2rt.runtime.generate import random_model
 from arl2rt.runtime.state_store import StateStore
 from arl2rt.runtime.streamer import Streamer
 from arl2rt.runtime.torch_backend import TorchBackend

@@ -141,7 +141,7 @@ def test_build_cli_reports_a_bad_package_without_traceback(tmp_path):
 
     from arl2rt.cli.main import app
 
-    result = CliRunner().invoke(app, ["build", str(tmp_path / "nowhere"), "--backend", "tensorrt-rtx"])
+    result = CliRunner().invoke(app, ["build", str(tmp_path / "nowhere"), "--flavour", "tensorrt-rtx"])
     assert result.exit_code == 1
     text = " ".join(result.output.split())  # rich wraps the message at the terminal width
     assert "expected a directory with manifest.json" in text and "Traceback" not in text

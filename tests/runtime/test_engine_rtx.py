@@ -1,4 +1,4 @@
-"""`arl2rt build --backend tensorrt-rtx` on a CPU-only machine: TensorRT's ONNX parser and builder, for real.
+"""`arl2rt build --flavour tensorrt-rtx` on a CPU-only machine: TensorRT's ONNX parser and builder, for real.
 
 TensorRT-RTX builds engines without a GPU, so CI proves here that the tiny config's ``portable`` package parses into
 networks whose inputs and outputs are exactly the StateSpec (names, shapes with their dynamic dims, dtypes) and builds
@@ -22,7 +22,7 @@ from arl2rt.cli.main import app
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.package import export_package
 from arl2rt.export.state_spec import GRAPHS
-from arl2rt.runtime.generate import random_model
+from arl2rt.model.random import random_model
 from arl2rt.runtime.trt.build import build_engines
 from arl2rt.runtime.trt.flavour import FLAVOURS, Flavour, device_key, load_flavour, rtx_capabilities
 from arl2rt.runtime.trt.loaders import NetworkFromOnnx, expected_io, network_io
@@ -45,7 +45,7 @@ def toy(tmp_path, tiny_cfg):
 
 def _build(package, cache, *extra):
     result = CliRunner().invoke(
-        app, ["build", str(package), "--backend", "tensorrt-rtx", "--cache-dir", str(cache), "--json", *extra]
+        app, ["build", str(package), "--flavour", "tensorrt-rtx", "--cache-dir", str(cache), "--json", *extra]
     )
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout[result.stdout.index("{") :])
@@ -66,28 +66,28 @@ def test_tiny_portable_package_parses_to_the_state_contract_and_builds(tiny_port
 
 def test_cache_hit_miss_and_corruption_with_real_engines(toy, tmp_path):
     cache = tmp_path / "cache"
-    first = build_engines(toy, backend="tensorrt-rtx", cache_dir=cache)
+    first = build_engines(toy, flavour="tensorrt-rtx", cache_dir=cache)
     assert first.status == "built"
-    assert build_engines(toy, backend="tensorrt-rtx", cache_dir=cache).status == "hit"
+    assert build_engines(toy, flavour="tensorrt-rtx", cache_dir=cache).status == "hit"
     engine = first.entry.engines["commit_step"]
     data = bytearray(engine.read_bytes())
     data[len(data) // 3] ^= 0x5A
     engine.write_bytes(bytes(data))
-    rebuilt = build_engines(toy, backend="tensorrt-rtx", cache_dir=cache)
+    rebuilt = build_engines(toy, flavour="tensorrt-rtx", cache_dir=cache)
     assert rebuilt.status == "rebuilt" and "sha256" in rebuilt.reason
     assert rebuilt.entry.engines["commit_step"].read_bytes() != bytes(data)
-    assert build_engines(toy, backend="tensorrt-rtx", cache_dir=cache).status == "hit"
-    longer = build_engines(toy, backend="tensorrt-rtx", cache_dir=cache, max_frames=48)  # another profile: a miss
+    assert build_engines(toy, flavour="tensorrt-rtx", cache_dir=cache).status == "hit"
+    longer = build_engines(toy, flavour="tensorrt-rtx", cache_dir=cache, max_frames=48)  # another profile: a miss
     assert longer.status == "built" and longer.entry.path != rebuilt.entry.path
     model = onnx.load(toy.graph_path("denoise_step"))
     model.doc_string = "changed"
     onnx.save(model, toy.graph_path("denoise_step"))
-    assert build_engines(toy, backend="tensorrt-rtx", cache_dir=cache).status == "built"  # new ONNX bytes: a miss
+    assert build_engines(toy, flavour="tensorrt-rtx", cache_dir=cache).status == "built"  # new ONNX bytes: a miss
 
 
 def test_rtx_refuses_the_plugin_target(toy, tmp_path):
     with pytest.raises(Arl2rtError, match="TensorRT-RTX has no plugins; export with --target portable"):
-        build_engines(dataclasses.replace(toy, target="tensorrt"), backend="tensorrt-rtx", cache_dir=tmp_path)
+        build_engines(dataclasses.replace(toy, target="tensorrt"), flavour="tensorrt-rtx", cache_dir=tmp_path)
 
 
 def test_rtx_never_parses_a_plugin_node(toy, tmp_path):
@@ -105,7 +105,7 @@ def test_rtx_never_parses_a_plugin_node(toy, tmp_path):
     with pytest.raises(
         Arl2rtError, match=r"expected only standard ONNX ops for tensorrt-rtx, found \['arl2::gdn_state_update'\]"
     ):
-        build_engines(toy, backend="tensorrt-rtx", cache_dir=tmp_path)
+        build_engines(toy, flavour="tensorrt-rtx", cache_dir=tmp_path)
 
 
 def test_rtx_compute_capability_names():

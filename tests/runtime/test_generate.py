@@ -15,9 +15,9 @@ from safetensors.torch import save_file
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import StateSpec
 from arl2rt.model.config import ModelConfig
-from arl2rt.runtime import backends
-from arl2rt.runtime import generate as gen
-from arl2rt.runtime.generate import GenerateOptions, random_context, random_model, run_generate
+from arl2rt.model.random import random_context, random_model
+from arl2rt.runtime import backends, sources
+from arl2rt.runtime.generate import GenerateOptions, run_generate
 from arl2rt.runtime.streamer import Streamer
 from arl2rt.runtime.torch_backend import TorchBackend
 from arl2rt.runtime.video import read_latents, to_rgb_frames
@@ -226,7 +226,7 @@ def stand_in(monkeypatch):
         torch.manual_seed(0)
         em = build_embedded(cfg)
     standin = StandIn(em.model.eval(), em.vocab, em.encoder)
-    monkeypatch.setattr(gen, "_load_embedded", lambda: standin)
+    monkeypatch.setattr(sources, "embedded_model", lambda: standin)
     return standin
 
 
@@ -263,13 +263,14 @@ def test_the_shipped_embedded_model_when_present(tmp_path):
 def test_make_backend_names_what_is_missing(monkeypatch):
     model = random_model(RGB)
     assert backends.make_backend("torch", model=model, dtype="float64").spec.dtype == "float64"
-    with pytest.raises(Arl2rtError, match=r"backend 'jax': unknown; expected one of"):
+    with pytest.raises(Arl2rtError, match=r"backend 'jax': expected one of"):
         backends.make_backend("jax", model=model)
     with pytest.raises(Arl2rtError, match="backend torch: expected a PyTorch model"):
         backends.make_backend("torch")
     with pytest.raises(Arl2rtError, match="backend onnxruntime: expected an exported model package .* found a PyTorch"):
         backends.make_backend("onnxruntime", model=model)
-    monkeypatch.setitem(backends.BACKENDS, "tensorrt", ("arl2rt.runtime.no_such_module", "TensorRTBackend", "package"))
+    missing = dataclasses.replace(backends.BACKENDS["tensorrt"], module="arl2rt.runtime.no_such_module")
+    monkeypatch.setitem(backends.BACKENDS, "tensorrt", missing)
     with pytest.raises(Arl2rtError, match=r"backend tensorrt: cannot import arl2rt\.runtime\.no_such_module"):
         backends.make_backend("tensorrt", package=object())
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from arl2rt.export.state_spec import StateSpec
+from arl2rt.model.random import random_context, random_model
 from arl2rt.runtime import rope_rebase
-from arl2rt.runtime.generate import random_context, random_model
 from arl2rt.runtime.state_store import StateStore
 from arl2rt.runtime.streamer import Streamer
 from arl2rt.runtime.torch_backend import TorchBackend

@@ -14,9 +14,9 @@ import torch
 from ort_toy_graphs import ToyTorchBackend, write_toy_package
 
 from arl2rt.errors import Arl2rtError
+from arl2rt.model.random import random_context
 from arl2rt.parity.compare import Tolerances
 from arl2rt.parity.runner import run_parity
-from arl2rt.runtime.generate import random_context
 from arl2rt.runtime.onnxruntime_backend import OnnxRuntimeBackend, resolve_device
 from arl2rt.runtime.streamer import Streamer
 

@@ -24,8 +24,8 @@ from arl2rt.export.state_spec import (
     VELOCITY,
     StateSpec,
 )
+from arl2rt.model.random import random_context, random_model
 from arl2rt.runtime.cuda_graph import StaticBlock
-from arl2rt.runtime.generate import random_context, random_model
 from arl2rt.runtime.streamer import Streamer
 from arl2rt.runtime.torch_backend import TorchBackend
 from micro_configs import micro_config

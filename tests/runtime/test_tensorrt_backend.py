@@ -88,7 +88,7 @@ needs_tensorrt = pytest.mark.skipif(_tensorrt_missing() is not None, reason=str(
 @pytest.fixture(scope="module")
 def tiny_tensorrt_package(tmp_path_factory):
     from arl2rt.export.package import export_package
-    from arl2rt.runtime.generate import random_model
+    from arl2rt.model.random import random_model
 
     return export_package(
         random_model(PRESETS["tiny"]), tmp_path_factory.mktemp("pkg") / "tiny", target="tensorrt", dtype="float32"
@@ -97,9 +97,9 @@ def tiny_tensorrt_package(tmp_path_factory):
 
 @needs_tensorrt
 def test_stream_matches_the_torch_backend(tiny_tensorrt_package, tiny_context, tmp_path):
+    from arl2rt.model.random import random_model
     from arl2rt.parity.compare import Tolerances
     from arl2rt.parity.runner import run_parity
-    from arl2rt.runtime.generate import random_model
     from arl2rt.runtime.torch_backend import TorchBackend
 
     model = random_model(PRESETS["tiny"])

@@ -30,5 +30,10 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def deprecated(old: str, new: str) -> None:
+    """One warning line on stderr for a spelling accepted in 0.1 only."""
+    err.print(f"[yellow]warning:[/] {old} is deprecated and goes after 0.1; use {new}", highlight=False, soft_wrap=True)
+
+
 def print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))

@@ -8,19 +8,38 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from arl2rt.cli._common import err, out, print_json, user_errors
+from arl2rt.cli._common import deprecated, err, out, print_json, user_errors
+from arl2rt.errors import Arl2rtError
+from arl2rt.runtime.backends import BACKENDS
 from arl2rt.runtime.trt.build import build_engines, default_cache_dir
 
 app = typer.Typer()
+
+TENSORRT = BACKENDS["tensorrt"]
+
+
+def _flavour(flavour: str | None, backend: str | None) -> str:
+    """--flavour, or its old name --backend (accepted in 0.1 with one warning line, removed after), or the default."""
+    if backend is None:
+        return flavour or TENSORRT.default_flavour
+    if flavour is not None and flavour != backend:
+        raise Arl2rtError(f"--flavour {flavour} and --backend {backend}: expected one (--backend is its old name)")
+    deprecated("`arl2rt build --backend`", f"--flavour {backend}")
+    return backend
 
 
 @app.command()
 @user_errors
 def build(
     package: Annotated[Path, typer.Argument(help="Package directory written by `arl2rt export`.")],
-    backend: Annotated[
-        str, typer.Option(help="tensorrt (GPU, plugins) or tensorrt-rtx (portable target; builds without a GPU).")
-    ] = "tensorrt",
+    flavour: Annotated[
+        str | None,
+        typer.Option(
+            help=f"TensorRT library: {' | '.join(TENSORRT.flavours)} (default: {TENSORRT.default_flavour}). "
+            "tensorrt needs the GPU and runs plugins; tensorrt-rtx builds the portable target without a GPU."
+        ),
+    ] = None,
+    backend: Annotated[str | None, typer.Option(hidden=True, help="Deprecated name of --flavour.")] = None,
     max_frames: Annotated[
         int | None, typer.Option(min=1, help="Longest stream in latent frames: sets the past-length profile (21).")
     ] = None,
@@ -29,7 +48,7 @@ def build(
         Path | None, typer.Option(help="Engine cache (default $ARL2RT_CACHE_DIR or ~/.cache/arl2rt/engines).")
     ] = None,
     compute_capability: Annotated[
-        list[str] | None, typer.Option(help="tensorrt-rtx target, e.g. SM86 (repeatable; default: RTX's own list).")
+        list[str] | None, typer.Option(help="GPU for tensorrt-rtx, e.g. SM86 (repeatable; default: RTX's own list).")
     ] = None,
     optimization_level: Annotated[
         int | None, typer.Option(min=0, max=5, help="TensorRT builder optimization level (default: TensorRT's).")
@@ -38,6 +57,7 @@ def build(
     json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Build (or find in the cache) the engines of a package's three step graphs."""
+    flavour = _flavour(flavour, backend)
     with err.status("building engines", spinner="dots") as status:
 
         def progress(message: str) -> None:
@@ -48,7 +68,7 @@ def build(
 
         result = build_engines(
             package,
-            backend=backend,
+            flavour=flavour,
             max_frames=max_frames,
             max_batch=max_batch,
             cache_dir=cache_dir or default_cache_dir(),
@@ -62,14 +82,14 @@ def build(
         "status": result.status,
         "reason": result.reason,
         "entry": str(result.entry.path),
-        "backend": backend,
+        "flavour": flavour,
         "key": result.entry.key,
         "engines": {g: {"bytes": f["bytes"], "seconds": result.seconds.get(g)} for g, f in files.items()},
     }
     if json_:
         print_json(summary)
         return
-    table = Table("graph", "engine bytes", "build s", title=f"{backend} engines: {result.status}")
+    table = Table("graph", "engine bytes", "build s", title=f"{flavour} engines: {result.status}")
     for graph, info in summary["engines"].items():
         table.add_row(graph, str(info["bytes"]), "-" if info["seconds"] is None else f"{info['seconds']:.1f}")
     out.print(table)

@@ -10,20 +10,40 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from arl2rt.cli._common import err, out, print_json, user_errors
+from arl2rt.cli._common import deprecated, err, out, print_json, user_errors
+from arl2rt.errors import Arl2rtError
 from arl2rt.export.package import export_package
-from arl2rt.runtime.generate import GenerateOptions, load_model
+from arl2rt.runtime.backends import DEFAULT_TARGET
+from arl2rt.runtime.sources import load_model
 
 app = typer.Typer()
 
 
-@app.command()
+def _output(output: Path | None, extra: list[str]) -> Path:
+    """-o/--output, or the positional OUTPUT that 0.1 still accepts (with one warning line; not in --help)."""
+    if not extra:
+        if output is None:
+            raise Arl2rtError("expected an output: -o PKG, the package directory to write")
+        return output
+    if output is not None or len(extra) > 1:
+        given = ([f"-o {output}"] if output is not None else []) + extra
+        raise Arl2rtError(f"output given {len(given)} times: {', '.join(given)}; expected -o only")
+    deprecated("`arl2rt export OUTPUT` (positional)", f"-o {extra[0]}")
+    return Path(extra[0])
+
+
+@app.command(context_settings={"allow_extra_args": True})
 @user_errors
 def export(
+    ctx: typer.Context,
     output: Annotated[
-        Path,
-        typer.Argument(help="Package directory to write (must not exist, be empty, or be a package: --overwrite)."),
-    ],
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Package directory to write (must not exist, be empty, or be a package: --overwrite).",
+        ),
+    ] = None,
     config: Annotated[
         str | None,
         typer.Option(help="Preset (tiny, wan2.1-t2v-1.3b) or JSON config; alone: random weights. Default: embedded."),
@@ -33,7 +53,7 @@ def export(
     ] = None,
     target: Annotated[
         str, typer.Option(help="onnxruntime (LinearAttention op), tensorrt (plugin node) or portable (standard ops).")
-    ] = "onnxruntime",
+    ] = DEFAULT_TARGET,
     dtype: Annotated[
         str, typer.Option(help="Activations: float32, float16 or bfloat16 (GDN states, gates and norms stay fp32).")
     ] = "float32",
@@ -51,7 +71,8 @@ def export(
     json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Export a model's encode_context, denoise_step and commit_step graphs with every state as named I/O."""
-    loaded = load_model(GenerateOptions(config=config, checkpoint=checkpoint))
+    output = _output(output, ctx.args)
+    loaded = load_model(config=config, checkpoint=checkpoint)
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     start = time.perf_counter()
     with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:

@@ -10,10 +10,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from arl2rt.cli._common import err, out, print_json, user_errors
 from arl2rt.runtime import generate as lib
+from arl2rt.runtime.backends import BACKENDS, DEFAULT_BACKEND
 
 app = typer.Typer()
 
 INTERRUPTED_EXIT = 130  # the shell's code for a process stopped by Ctrl-C
+_BACKEND_HELP = (
+    f"{' | '.join(BACKENDS)}. Default: {DEFAULT_BACKEND['model']} for a PyTorch model, "
+    f"{DEFAULT_BACKEND['package']} for a package."
+)
+_DEVICE_HELP = "cpu, cuda, cuda:N or auto (default: {}).".format(
+    ", ".join(f"{name} {b.default_device}" for name, b in BACKENDS.items())
+)
 
 
 def human_bytes(n: int | None) -> str:
@@ -68,12 +76,7 @@ def generate(
     checkpoint: Annotated[
         Path | None, typer.Option(help="Checkpoint for --config; without one the weights are random.")
     ] = None,
-    backend: Annotated[
-        str | None,
-        typer.Option(
-            help="torch | onnxruntime | tensorrt. Default: torch for a PyTorch model, onnxruntime for a package."
-        ),
-    ] = None,
+    backend: Annotated[str | None, typer.Option(help=_BACKEND_HELP)] = None,
     prompt: Annotated[
         str | None, typer.Option(help="Prompt in the embedded model's words, e.g. 'two red balls and one blue ball'.")
     ] = None,
@@ -85,14 +88,14 @@ def generate(
     ] = None,
     frames: Annotated[
         int | None,
-        typer.Option(help=f"Length in latent frames, rounded up to whole blocks [default: {lib.DEFAULT_FRAMES}]."),
+        typer.Option(help=f"Length in latent frames, rounded up to whole blocks (default: {lib.DEFAULT_FRAMES})."),
     ] = None,
     blocks: Annotated[int | None, typer.Option(help="Length in AR blocks (instead of --frames).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the noise (and of random text) [default: 0].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the noise and of random text (default: 0).")] = None,
     dtype: Annotated[
         str | None, typer.Option(help="float32, float16, bfloat16, float64 (torch); a package runs at its own.")
     ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N [default: cpu; cuda for tensorrt].")] = None,
+    device: Annotated[str | None, typer.Option(help=_DEVICE_HELP)] = None,
     fps: Annotated[int, typer.Option(min=1, help="Frame rate of video outputs.")] = 16,
     save_session: Annotated[
         Path | None, typer.Option(help="Snapshot the stream into this directory every --save-every blocks.")

@@ -14,15 +14,22 @@ from rich.table import Table
 from arl2rt.cli._common import err, out, print_json, user_errors
 from arl2rt.errors import Arl2rtError
 from arl2rt.model.config import load_config
+from arl2rt.model.random import random_context, random_model
 from arl2rt.parity.check import check_parity
 from arl2rt.parity.compare import parse_tolerances
 from arl2rt.parity.result import MODES, ParityResult
-from arl2rt.runtime.generate import random_context, random_model
+from arl2rt.runtime.backends import BACKENDS, DEFAULT_BACKEND
 
 app = typer.Typer()
 
-TARGETS_ON_ONNXRUNTIME = ("onnxruntime", "portable")
 _TABLE_WIDTH = 132
+_BACKEND_HELP = f"Candidate backend: {' | '.join(BACKENDS)}."
+_TARGET_HELP = "Export target when no --package (default: the backend's first): {}.".format(
+    "; ".join(f"{name} runs {' | '.join(b.targets)}" for name, b in BACKENDS.items() if b.targets)
+)
+_DEVICE_HELP = "cpu, cuda or auto (onnxruntime: its CUDA EP); default: {}.".format(
+    ", ".join(f"{name} {b.default_device}" for name, b in BACKENDS.items())
+)
 
 
 @app.command()
@@ -34,11 +41,8 @@ def parity(
     checkpoint: Annotated[
         Path | None, typer.Option(help="Load weights from this checkpoint instead (any format arl2rt reads).")
     ] = None,
-    backend: Annotated[str, typer.Option(help="Candidate backend: onnxruntime, tensorrt or torch.")] = "onnxruntime",
-    target: Annotated[
-        str | None,
-        typer.Option(help="Export target when no --package: onnxruntime or portable (default: the backend's own)."),
-    ] = None,
+    backend: Annotated[str, typer.Option(help=_BACKEND_HELP)] = DEFAULT_BACKEND["package"],
+    target: Annotated[str | None, typer.Option(help=_TARGET_HELP)] = None,
     dtype: Annotated[
         str | None, typer.Option(help="Candidate precision: float32 (default), float16, bfloat16; or the package's.")
     ] = None,
@@ -53,10 +57,7 @@ def parity(
         typer.Option(help="Absolute tolerance: VALUE (default) or NAME:VALUE (a tensor or kind); repeatable."),
     ] = None,
     rtol: Annotated[list[str] | None, typer.Option(help="Relative tolerance, as --atol.")] = None,
-    device: Annotated[
-        str | None,
-        typer.Option(help="cpu, cuda or auto (onnxruntime: its CUDA EP); default cuda for tensorrt, else cpu"),
-    ] = None,
+    device: Annotated[str | None, typer.Option(help=_DEVICE_HELP)] = None,
     save_polygraphy: Annotated[
         Path | None, typer.Option(help="Write one block's feeds and golden outputs for `polygraphy run` here.")
     ] = None,
@@ -70,11 +71,6 @@ def parity(
     modes = MODES if mode == "both" else (mode,)
     if set(modes) - set(MODES):
         raise Arl2rtError(f"--mode {mode!r}: expected drift, step or both")
-    if backend == "onnxruntime" and package is None and target is not None and target not in TARGETS_ON_ONNXRUNTIME:
-        raise Arl2rtError(
-            f"--target {target!r}: onnxruntime runs the targets {list(TARGETS_ON_ONNXRUNTIME)}; the tensorrt target's "
-            "plugin node needs TensorRT"
-        )
     model = _model(config, checkpoint)
     with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task(f"parity: {blocks} blocks", total=blocks)

@@ -21,9 +21,15 @@ from arl2rt.model.dit import CausalDiT
 from arl2rt.parity.compare import Tolerances
 from arl2rt.parity.result import MODES, ParityResult
 from arl2rt.parity.runner import run_parity
-from arl2rt.runtime.backends import backend_class, make_backend
-
-CANDIDATE_BACKENDS = ("onnxruntime", "tensorrt", "torch")
+from arl2rt.runtime.backends import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    backend_class,
+    backend_entry,
+    check_target,
+    make_backend,
+    resolve_device,
+)
 
 
 @dataclass
@@ -37,18 +43,6 @@ class ParityReport:
         out["package"] = str(self.package) if self.package else None
         out["polygraphy"] = self.polygraphy
         return out
-
-
-def _resolve_device(backend: str, device: str | None) -> str:
-    if device is None:
-        return "cuda" if backend == "tensorrt" else "cpu"
-    if device != "auto":
-        return device
-    if backend == "onnxruntime":
-        from arl2rt.runtime.onnxruntime_backend import resolve_device
-
-        return str(resolve_device("auto"))
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _package(model: CausalDiT, package: Path | None, target: str, dtype: str | None, export_dir: Path):
@@ -72,7 +66,7 @@ def check_parity(
     model: CausalDiT,
     context: torch.Tensor,
     *,
-    backend: str = "onnxruntime",
+    backend: str = DEFAULT_BACKEND["package"],
     target: str | None = None,
     dtype: str | None = None,
     package: Path | None = None,
@@ -90,33 +84,37 @@ def check_parity(
 
     ``dtype`` is the candidate's precision: default float32, or a given package's own (naming another is an
     error). ``atol``/``rtol`` override the defaults of that precision per tensor name or kind (key ``""``: default).
-    ``target`` defaults to the backend's own (``tensorrt`` for tensorrt, else ``onnxruntime``); ``device`` to
-    ``cuda`` for tensorrt, else ``cpu``; the reference runs on the same device.
+    ``target`` and ``device`` default to the backend's own (:data:`~arl2rt.runtime.backends.BACKENDS`); ``device``
+    ``auto`` picks the best one here. The reference runs on the same device.
     """
-    if backend not in CANDIDATE_BACKENDS:
-        raise Arl2rtError(f"parity backend {backend!r}: expected one of {list(CANDIDATE_BACKENDS)}")
-    if backend == "torch" and (package is not None or save_polygraphy is not None):
-        raise Arl2rtError("--package and --save-polygraphy need ONNX graphs: use --backend onnxruntime or tensorrt")
-    target = target or ("tensorrt" if backend == "tensorrt" else "onnxruntime")
-    device = _resolve_device(backend, device)
+    entry = backend_entry(backend, "parity backend")
+    if entry.runs == "model" and (package is not None or save_polygraphy is not None):
+        onnx = " or ".join(name for name, b in BACKENDS.items() if b.runs == "package")
+        raise Arl2rtError(f"--package and --save-polygraphy need ONNX graphs: use --backend {onnx}")
+    target = target or entry.default_target
+    if entry.runs == "package" and package is None:
+        check_target(backend, target, "--target")
+    device = resolve_device(backend, device)
     backend_class(backend)  # a missing backend fails now, not after an export
     capture = None
     if save_polygraphy is not None:
         capture = blocks - 1 if polygraphy_block is None else polygraphy_block
     with ExitStack() as stack:
         package_path = None
-        if backend == "torch":
+        if entry.runs == "model":
             # each torch backend gets its own copy: TorchBackend casts the module it is given in place
-            candidate = make_backend("torch", model=copy.deepcopy(model), dtype=dtype or "float32", device=device)
+            candidate = make_backend(backend, model=copy.deepcopy(model), dtype=dtype or "float32", device=device)
         else:
             if save_polygraphy is not None and package is None:
                 export_dir = save_polygraphy / "package"
             else:
                 export_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="arl2rt-parity-"))) / "pkg"
             pkg = _package(model, package, target, dtype, export_dir)
+            if package is not None:
+                check_target(backend, pkg.target, f"package {package}: target")
             package_path = pkg.root
             candidate = make_backend(backend, package=pkg, device=device)
-        reference = make_backend("torch", model=copy.deepcopy(model), dtype="float64", device=device)
+        reference = make_backend(DEFAULT_BACKEND["model"], model=copy.deepcopy(model), dtype="float64", device=device)
         stack.enter_context(reference)
         stack.enter_context(candidate)
         tolerances = Tolerances.for_dtype(candidate.spec.dtype, atol, rtol)

@@ -1,41 +1,116 @@
-"""Backend names to classes: ``make_backend("torch" | "onnxruntime" | "tensorrt", ...)``; optional ones load lazily.
+"""The backends that run steps, in one registry: each one's name, what it runs (a PyTorch model or an exported
+package), the export targets and TensorRT flavours it takes, and its default device. Commands and parity read their
+choices and defaults from here; :func:`make_backend` builds one.
 
-A backend's module is imported only when asked for, so a missing optional dependency (onnxruntime, TensorRT) or a
-backend not yet part of this build is an :class:`Arl2rtError` naming what is missing, never an import-time crash.
+Words: a *backend* runs steps (``torch | onnxruntime | tensorrt``); a *target* is what a package was exported for
+(``onnxruntime | tensorrt | portable``, :mod:`arl2rt.export.targets`); a *flavour* is the TensorRT library
+(``tensorrt | tensorrt-rtx``, :mod:`arl2rt.runtime.trt.flavour`).
+
+A backend's module is imported only when asked for, so a missing optional dependency (onnxruntime, TensorRT) is an
+:class:`Arl2rtError` naming what is missing, never an import-time crash.
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
 from arl2rt.errors import Arl2rtError
 from arl2rt.runtime.backend import Backend
+from arl2rt.runtime.trt.flavour import DEFAULT_FLAVOUR, FLAVOURS
 
 if TYPE_CHECKING:
     from arl2rt.export.package import ModelPackage
     from arl2rt.model.dit import CausalDiT
 
-# name -> (module, class, what it runs)
-BACKENDS: dict[str, tuple[str, str, str]] = {
-    "torch": ("arl2rt.runtime.torch_backend", "TorchBackend", "model"),
-    "onnxruntime": ("arl2rt.runtime.onnxruntime_backend", "OnnxRuntimeBackend", "package"),
-    "tensorrt": ("arl2rt.runtime.tensorrt_backend", "TensorRTBackend", "package"),
+
+@dataclass(frozen=True)
+class BackendEntry:
+    name: str
+    module: str  # imported when the backend is made
+    cls: str
+    runs: str  # "model" (a PyTorch CausalDiT) or "package" (an exported ModelPackage)
+    default_device: str
+    targets: tuple[str, ...] = ()  # export targets of the packages it runs; the first is its default
+    refuses: str = ""  # why the other targets do not run on it
+    flavours: tuple[str, ...] = ()  # TensorRT libraries it runs on
+    default_flavour: str | None = None
+
+    @property
+    def default_target(self) -> str | None:
+        return self.targets[0] if self.targets else None
+
+
+BACKENDS: dict[str, BackendEntry] = {
+    "torch": BackendEntry("torch", "arl2rt.runtime.torch_backend", "TorchBackend", "model", "cpu"),
+    "onnxruntime": BackendEntry(
+        "onnxruntime",
+        "arl2rt.runtime.onnxruntime_backend",
+        "OnnxRuntimeBackend",
+        "package",
+        "cpu",
+        targets=("onnxruntime", "portable"),
+        refuses="the tensorrt target's plugin node needs TensorRT",
+    ),
+    "tensorrt": BackendEntry(
+        "tensorrt",
+        "arl2rt.runtime.tensorrt_backend",
+        "TensorRTBackend",
+        "package",
+        "cuda",
+        # every target some flavour builds (full TensorRT builds them all; tensorrt-rtx only portable)
+        targets=tuple(dict.fromkeys(t for _, targets in FLAVOURS.values() for t in targets)),
+        refuses="TensorRT does not parse LinearAttention (opset 27)",
+        flavours=tuple(FLAVOURS),
+        default_flavour=DEFAULT_FLAVOUR,
+    ),
 }
+# what runs a PyTorch model, and an exported package, when no backend is named
+DEFAULT_BACKEND = {"model": "torch", "package": "onnxruntime"}
+# what `arl2rt export` writes when no target is named: the default package backend's own target
+DEFAULT_TARGET = BACKENDS[DEFAULT_BACKEND["package"]].default_target
+
+
+def backend_entry(name: str, source: str = "backend") -> BackendEntry:
+    """The registry entry of ``name``; an Arl2rtError (``source`` names the option) if there is none."""
+    if name not in BACKENDS:
+        raise Arl2rtError(f"{source} {name!r}: expected one of {sorted(BACKENDS)}")
+    return BACKENDS[name]
+
+
+def check_target(name: str, target: str, source: str) -> None:
+    """Raise unless backend ``name`` runs packages exported for ``target`` (``source`` names where it came from)."""
+    entry = backend_entry(name)
+    if target not in entry.targets:
+        runs = f"runs the targets {list(entry.targets)}" if entry.targets else "runs no exported package"
+        why = f"; {entry.refuses}" if entry.refuses else ""
+        raise Arl2rtError(f"{source} {target!r}: {name} {runs}{why}")
+
+
+def resolve_device(name: str, device: str | None) -> str:
+    """The device backend ``name`` runs on: ``device`` as given, its default for None, the best one here for auto."""
+    if device is None:
+        return backend_entry(name).default_device
+    if device != "auto":
+        return device
+    if name == "onnxruntime":
+        from arl2rt.runtime.onnxruntime_backend import resolve_device as ort_device  # its CUDA EP, if it has one
+
+        return str(ort_device("auto"))
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def backend_class(name: str) -> type[Backend]:
     """The class behind ``name``, imported now; an Arl2rtError if the name is unknown or its module is missing."""
-    if name not in BACKENDS:
-        raise Arl2rtError(f"backend {name!r}: unknown; expected one of {sorted(BACKENDS)}")
-    module, cls, _ = BACKENDS[name]
+    entry = backend_entry(name)
     try:
-        return getattr(importlib.import_module(module), cls)
+        return getattr(importlib.import_module(entry.module), entry.cls)
     except ImportError as exc:
         raise Arl2rtError(
-            f"backend {name}: cannot import {module}.{cls} ({type(exc).__name__}: {exc}); "
+            f"backend {name}: cannot import {entry.module}.{entry.cls} ({type(exc).__name__}: {exc}); "
             "`arl2rt doctor` lists the backends this machine can run"
         ) from None
 
@@ -46,20 +121,20 @@ def make_backend(
     model: CausalDiT | None = None,
     package: ModelPackage | None = None,
     dtype: str = "float32",
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> Backend:
     """An inactive backend (use it as a context manager) for a PyTorch ``model`` or an exported ``package``.
 
     Args:
-        name: ``"torch"`` (needs ``model``), ``"onnxruntime"`` or ``"tensorrt"`` (need ``package``).
+        name: a key of :data:`BACKENDS`: ``"torch"`` (needs ``model``), ``"onnxruntime"`` or ``"tensorrt"`` (need
+            ``package``).
         dtype: precision of the torch backend (float32, float16, bfloat16, float64). Package backends run at the
             precision the package was exported with; this argument does not apply to them.
-        device: torch device of the tensors the backend takes and returns.
+        device: torch device of the tensors the backend takes and returns; None: the backend's default.
     """
-    if name not in BACKENDS:
-        raise Arl2rtError(f"backend {name!r}: unknown; expected one of {sorted(BACKENDS)}")
-    needs = BACKENDS[name][2]
-    if needs == "model":
+    entry = backend_entry(name)
+    device = entry.default_device if device is None else device
+    if entry.runs == "model":
         if model is None:
             what = "an exported package" if package is not None else "nothing"
             raise Arl2rtError(f"backend {name}: expected a PyTorch model (--config/--checkpoint), found {what}")

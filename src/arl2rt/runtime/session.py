@@ -63,6 +63,43 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# session.json nests the model's fields of a SessionRecord under "model"; the run's fields sit at the top
+_MODEL_FIELDS = ("identity", "source", "description", "config")
+_RUN_FIELDS = ("backend", "dtype", "device", "batch", "seed", "text", "target_blocks", "output")
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """What ``arl2rt generate`` records beside the tensors: enough to load the same model and continue the stream.
+
+    On disk it is part of ``session.json`` (:meth:`to_meta`), beside the position and the tensors' checksum.
+    """
+
+    identity: str  # of the model: see module_identity, or the sha256 of a package's manifest
+    source: dict[str, Any]  # how to load the model again (kind, path, config)
+    description: str
+    config: dict[str, Any]
+    backend: str
+    dtype: str
+    device: str
+    batch: int
+    seed: int
+    text: str  # where the text context came from (the context itself is a tensor of the snapshot)
+    target_blocks: int
+    output: dict[str, Any]  # the output writer's state, to append after
+
+    def to_meta(self) -> dict[str, Any]:
+        model = {k: getattr(self, k) for k in _MODEL_FIELDS}
+        return {"model": model, **{k: getattr(self, k) for k in _RUN_FIELDS}}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], where: Path) -> SessionRecord:
+        try:
+            return cls(**{k: meta["model"][k] for k in _MODEL_FIELDS}, **{k: meta[k] for k in _RUN_FIELDS})
+        except KeyError as exc:
+            raise Arl2rtError(f"session {where}: expected a record written by generate, found no {exc}") from None
+
+
 @dataclass
 class Snapshot:
     """A loaded, verified snapshot: its metadata and the Streamer tensors (RNG state separate)."""

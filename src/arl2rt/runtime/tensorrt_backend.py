@@ -30,7 +30,7 @@ from arl2rt.export.state_spec import GRAPHS, PER_PASS, StateSpec
 from arl2rt.runtime.backend import Backend
 from arl2rt.runtime.trt.build import PLUGIN_MODULE, build_engines, default_cache_dir, engine_key
 from arl2rt.runtime.trt.cache import read_entry
-from arl2rt.runtime.trt.flavour import cuda_capability, load_flavour
+from arl2rt.runtime.trt.flavour import DEFAULT_FLAVOUR, cuda_capability, load_flavour
 from arl2rt.runtime.trt.loaders import DTYPE_NAMES, make_logger
 
 if TYPE_CHECKING:
@@ -121,7 +121,7 @@ class TensorRTBackend(Backend):
         engine_dir: Path | None = None,
         device: torch.device | str = "cuda",
         *,
-        flavour: str = "tensorrt",
+        flavour: str = DEFAULT_FLAVOUR,
         max_frames: int | None = None,
         max_batch: int = 1,
         cache_dir: Path | None = None,
@@ -144,11 +144,11 @@ class TensorRTBackend(Backend):
         flavour = load_flavour(self.flavour_name)
         gpu = cuda_capability()
         if gpu is None:
-            raise Arl2rtError(f"backend {flavour.name}: expected a CUDA GPU, found none")
+            raise Arl2rtError(f"backend tensorrt ({flavour.name}): expected a CUDA GPU, found none")
         if flavour.name == "tensorrt-rtx" and gpu[1] in _RTX_UNSUPPORTED:
             raise Arl2rtError(
-                f"backend tensorrt-rtx: {gpu[0]} has compute capability {gpu[1]}, which TensorRT-RTX does not run on; "
-                "use --backend tensorrt"
+                f"flavour tensorrt-rtx: {gpu[0]} has compute capability {gpu[1]}, which TensorRT-RTX does not run on; "
+                "use the tensorrt flavour"
             )
         torch.cuda.set_device(self.device)
         if self.package.target == "tensorrt":
@@ -159,7 +159,7 @@ class TensorRTBackend(Backend):
         else:
             entry = build_engines(
                 self.package,
-                backend=flavour.name,
+                flavour=flavour,
                 max_frames=self.max_frames,
                 max_batch=self.max_batch,
                 cache_dir=self.cache_dir or default_cache_dir(),

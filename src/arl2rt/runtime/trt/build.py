@@ -23,7 +23,7 @@ from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import GRAPHS
 from arl2rt.files import sha256_file
 from arl2rt.runtime.trt.cache import CacheEntry, EngineCache
-from arl2rt.runtime.trt.flavour import Flavour, device_key, load_flavour
+from arl2rt.runtime.trt.flavour import DEFAULT_FLAVOUR, Flavour, device_key, load_flavour
 from arl2rt.runtime.trt.loaders import CreateConfig, EngineBytes, NetworkFromOnnx, check_network_io, network_io
 from arl2rt.runtime.trt.profiles import dim_ranges, profile_shapes
 
@@ -157,7 +157,7 @@ def engine_key(
 def build_engines(
     package: Any,
     *,
-    backend: str = "tensorrt",
+    flavour: str | Flavour = DEFAULT_FLAVOUR,
     max_frames: int | None = None,
     max_batch: int = 1,
     cache_dir: Path | None = None,
@@ -166,10 +166,10 @@ def build_engines(
     rebuild: bool = False,
     progress: Progress | None = None,
 ) -> BuildResult:
-    """Engines for ``package`` (a ModelPackage or its directory) with ``backend`` "tensorrt" or "tensorrt-rtx"."""
+    """Engines for ``package`` (a ModelPackage or its directory) built by ``flavour`` "tensorrt" or "tensorrt-rtx"."""
     say = progress or (lambda msg: None)
     package = _load_package(package)
-    flavour = load_flavour(backend)
+    flavour = flavour if isinstance(flavour, Flavour) else load_flavour(flavour)
     key, protos = engine_key(
         package,
         flavour,

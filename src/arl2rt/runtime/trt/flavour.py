@@ -31,6 +31,7 @@ FLAVOURS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tensorrt": ("tensorrt", ("tensorrt", "portable")),
     "tensorrt-rtx": ("tensorrt_rtx", ("portable",)),
 }
+DEFAULT_FLAVOUR = "tensorrt"
 _INSTALL = {"tensorrt": "pip install 'tensorrt>=10.9'", "tensorrt-rtx": "pip install tensorrt-rtx"}
 
 
@@ -64,13 +65,13 @@ class Flavour:
 def load_flavour(name: str) -> Flavour:
     """Import the TensorRT module of ``name`` ("tensorrt" or "tensorrt-rtx"), or say how to install it."""
     if name not in FLAVOURS:
-        raise Arl2rtError(f"unknown TensorRT backend {name!r}; expected one of {sorted(FLAVOURS)}")
+        raise Arl2rtError(f"unknown TensorRT flavour {name!r}; expected one of {sorted(FLAVOURS)}")
     module_name, targets = FLAVOURS[name]
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - a broken install is reported the same way as a missing one
         raise Arl2rtError(
-            f"backend {name}: import {module_name} failed ({type(exc).__name__}: {exc}); "
+            f"flavour {name}: import {module_name} failed ({type(exc).__name__}: {exc}); "
             f"install it with {_INSTALL[name]}"
         ) from None
     return Flavour(name, module, targets)
@@ -104,7 +105,7 @@ def device_key(flavour: Flavour, compute_capabilities: tuple[str, ...] = ()) -> 
             raise Arl2rtError("--compute-capability is for tensorrt-rtx; tensorrt builds for the GPU it runs on")
         if gpu is None:
             raise Arl2rtError(
-                "backend tensorrt: building an engine needs a CUDA GPU and none was found "
+                "flavour tensorrt: building an engine needs a CUDA GPU and none was found "
                 "(tensorrt-rtx builds portable packages without one)"
             )
         return {"gpu": gpu[0], "compute_capability": gpu[1]}

@@ -1,0 +1,119 @@
+"""Where a model comes from: an exported package, a config with a checkpoint, a config alone (seeded random weights),
+or the embedded model; and the record a session keeps to load the very same one again.
+
+* ``--model PACKAGE``: an exported package (:class:`arl2rt.export.package.ModelPackage`), run by a package backend;
+* ``--config NAME|FILE.json`` with ``--checkpoint PATH``: a PyTorch model
+  (:func:`arl2rt.model.checkpoint.load_checkpoint`); ``--config`` alone gives seeded random weights (smoke tests,
+  benchmarks: the frames are not meaningful);
+* neither: the embedded model (:mod:`arl2rt.model.embedded`), a pixel-space model with a word vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from arl2rt.errors import Arl2rtError
+from arl2rt.files import sha256_file
+from arl2rt.model.config import ModelConfig, load_config
+from arl2rt.model.dit import CausalDiT
+from arl2rt.model.random import random_model
+from arl2rt.runtime.session import module_identity
+
+
+@dataclass
+class LoadedModel:
+    cfg: ModelConfig
+    source: dict[str, Any]  # what a session records to load it again
+    model: CausalDiT | None = None
+    package: Any | None = None  # ModelPackage
+    embedded: Any | None = None  # EmbeddedModel
+    _identity: str | None = None
+
+    @property
+    def description(self) -> str:
+        s = self.source
+        if s["kind"] == "package":
+            return f"package {s['path']}"
+        if s["kind"] == "checkpoint":
+            return f"checkpoint {s['path']} (config {s['config']})"
+        if s["kind"] == "random":
+            return f"random weights of config {s['config']}"
+        return f"embedded model {s['name']}"
+
+    @property
+    def identity(self) -> str:
+        """sha256 of the package manifest, or of a PyTorch model's config and weights (computed once, on demand)."""
+        if self._identity is None:
+            if self.package is not None:
+                from arl2rt.export.package import MANIFEST_NAME
+
+                self._identity = sha256_file(Path(self.package.root) / MANIFEST_NAME)
+            else:
+                self._identity = module_identity(self.model)
+        return self._identity
+
+
+def embedded_model():
+    """The embedded default model (imported lazily: its weights are package data)."""
+    try:
+        from arl2rt.model.embedded import load_embedded
+    except ImportError as exc:
+        raise Arl2rtError(
+            f"the embedded default model is not part of this build ({exc}); pass --model PACKAGE or --config"
+        ) from None
+    return load_embedded()
+
+
+def load_model(
+    *,
+    package: Path | None = None,
+    config: str | None = None,
+    checkpoint: Path | None = None,
+    recorded: dict[str, Any] | None = None,
+) -> LoadedModel:
+    """The model named by a ``package`` directory or a ``config`` (with an optional ``checkpoint``); with none named,
+    the ``recorded`` source of a resumed session, else the embedded model."""
+    if package is not None and (config is not None or checkpoint is not None):
+        raise Arl2rtError("--model (an exported package) and --config/--checkpoint (PyTorch) exclude each other")
+    if checkpoint is not None and config is None:
+        raise Arl2rtError(f"--checkpoint {checkpoint}: expected --config too (a preset name or a JSON file)")
+    if package is not None:
+        source = {"kind": "package", "path": str(Path(package).resolve())}
+    elif config is not None:
+        config = str(Path(config).resolve()) if Path(config).is_file() else config
+        if checkpoint is not None:
+            source = {"kind": "checkpoint", "path": str(Path(checkpoint).resolve()), "config": config}
+        else:
+            source = {"kind": "random", "config": config}
+    elif recorded is not None:
+        source = recorded
+    else:
+        source = {"kind": "embedded"}
+    return _load_source(source)
+
+
+def _load_source(source: dict[str, Any]) -> LoadedModel:
+    kind = source.get("kind")
+    if kind == "package":
+        from arl2rt.export.package import ModelPackage
+
+        package = ModelPackage.load(Path(source["path"]))
+        return LoadedModel(package.config, source, package=package)
+    if kind == "checkpoint":
+        cfg = load_config(source["config"])
+        try:
+            from arl2rt.model.checkpoint import load_checkpoint
+        except ImportError as exc:
+            raise Arl2rtError(f"--checkpoint: checkpoint loading is not part of this build ({exc})") from None
+        model = load_checkpoint(Path(source["path"]), cfg)
+        return LoadedModel(model.cfg, source, model=model)
+    if kind == "random":
+        cfg = load_config(source["config"])
+        return LoadedModel(cfg, source, model=random_model(cfg))
+    if kind == "embedded":
+        em = embedded_model()
+        source = {"kind": "embedded", "name": em.model.cfg.name}
+        return LoadedModel(em.model.cfg, source, model=em.model, embedded=em)
+    raise Arl2rtError(f"session: unknown model source {source!r}; expected a package, checkpoint, config or embedded")
