@@ -326,7 +326,8 @@ def main():
         HAVE_FLA = True
     except Exception:  # noqa: BLE001
         log("fla unavailable:", traceback.format_exc())
-    from arl2rt.plugins.gdn import chunk, naive, read
+    from arl2rt.plugins import gdn  # the chunk API, plan and launchers under one name
+    from arl2rt.plugins.gdn import naive, read
 
     skip = set(args.skip.split(","))
     ts = [int(t) for t in args.ts.split(",")]
@@ -335,10 +336,10 @@ def main():
     }
     log("env", result["env"])
     sections = [
-        ("correctness", lambda: correctness(chunk, naive, "cuda", SHAPES, [torch.float32, torch.bfloat16])),
-        ("sweep", lambda: sweep_state(chunk)),
-        ("stages", lambda: {repr(c): stages(chunk, c) for c in STAGE_CONFIGS(chunk)}),
-        ("compare", lambda: compare_state(chunk, naive, ts, chunk.ChunkConfig())),
+        ("correctness", lambda: correctness(gdn, naive, "cuda", SHAPES, [torch.float32, torch.bfloat16])),
+        ("sweep", lambda: sweep_state(gdn)),
+        ("stages", lambda: {repr(c): stages(gdn, c) for c in STAGE_CONFIGS(gdn)}),
+        ("compare", lambda: compare_state(gdn, naive, ts, gdn.ChunkConfig())),
         ("read", lambda: read_bench(read, naive, ts, "readsweep" not in skip)),
     ]
     for name, fn in sections:

@@ -3,7 +3,7 @@
 For each input dtype (bf16, fp32) at ARL2's shape (B=1, T=4680, H=12, K=V=128), on fresh random inputs:
 
 * **AOT** (what ``aot_impl`` returns, what the engine embeds): every stage kernel is compiled by
-  :func:`arl2rt.plugins.gdn.aot.compile_aot` exactly as ``aot_impl`` calls it; the PTX entry must have exactly
+  :func:`arl2rt.plugins.gdn.aot_compile.compile_aot` exactly as ``aot_impl`` calls it; the PTX entry must have exactly
   inputs + extra ints + outputs parameters after Triton's scratch pointers are removed; the PTX is loaded through the
   driver (cupy) and launched with TensorRT's argument order and the grid / block / shared memory of
   :func:`stage_launch`, on a non-default stream, intermediates NaN-poisoned. A kernel above 48 KB of shared memory is
@@ -33,20 +33,11 @@ import numpy as np
 import torch
 
 from arl2rt.errors import Arl2rtError
-from arl2rt.model.gated_delta import chunk_gated_delta_rule_state
-from arl2rt.plugins.gdn import aot, chunk
-from arl2rt.plugins.gdn.aot import (
-    AOT_SHARED_LIMIT,
-    JIT_TACTICS,
-    compile_aot,
-    compile_stage,
-    enqueue_state_update,
-    gdn_stages,
-    run_stage_jit,
-    stage_dtype,
-    stage_launch,
-    stage_tensor_shapes,
-)
+from arl2rt.plugins.gdn import aot_compile, aot_ptx, aot_stages, chunk_kernels, chunk_plan
+from arl2rt.plugins.gdn.aot_compile import AOT_SHARED_LIMIT, compile_aot, compile_stage
+from arl2rt.plugins.gdn.aot_stages import gdn_stages, stage_dtype, stage_launch, stage_tensor_shapes
+from arl2rt.plugins.gdn.naive import naive_chunk_gated_delta_rule_state
+from arl2rt.plugins.gdn.trt_impl import JIT_TACTICS, enqueue_state_update, run_stage_jit
 from benchmarks._harness import environment, max_abs_error, rel_rms, time_calls
 
 B, T, H, K, V = 1, 4680, 12, 128, 128
@@ -138,7 +129,7 @@ def check_dtype(name: str, rows: list[dict], workdir: Path, dry: bool) -> None:
     if dry:
         return
     x = inputs(dtype, seed=11 if name == "bf16" else 12, device="cuda")
-    ref = chunk_gated_delta_rule_state(x["k"].double(), x["v"].double(), x["g"].double(), x["beta"].double(), x["s0"])
+    ref = naive_chunk_gated_delta_rule_state(*(x[n].double() for n in ("k", "v", "g", "beta")), x["s0"])
     stream = torch.cuda.Stream()
     shapes = stage_tensor_shapes(B, T, H, K, V, stages[0].segments)
     chain = "→".join(s.plugin for s in stages)
@@ -249,7 +240,8 @@ def check_environment(dry: bool) -> dict:
     if dry:
         env["device"] = "none (--dry: PTX compiled for sm_90)"
     env["kernel sources sha256[:12]"] = {
-        f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:12] for f in (Path(chunk.__file__), Path(aot.__file__))
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest()[:12]
+        for f in (Path(m.__file__) for m in (chunk_kernels, chunk_plan, aot_stages, aot_compile, aot_ptx))
     }
     if not dry:
         import cupy

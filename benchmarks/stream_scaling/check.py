@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from arl2rt.export.state_spec import StateSpec
 from arl2rt.model.attention import memory_read
-from arl2rt.model.gated_delta import block_read
+from arl2rt.plugins.gdn.naive import naive_block_read
 from arl2rt.plugins.gdn.op import gdn_state_update
 from arl2rt.runtime.cuda_graph import StaticBlock
 from benchmarks._harness import rel_rms
@@ -65,7 +65,7 @@ def check_path(plan: Plan) -> dict[str, Any]:
     g = 0.5 * F.logsigmoid(torch.randn(1, t, h, generator=gen, device=device) + 2.0)
     beta = 2.0 * torch.rand(1, t, h, generator=gen, device=device)
     s0 = STATE_STD * torch.randn(1, h, d, d, generator=gen, device=device)
-    result["gdn_read_rel_rms"] = rel_rms(memory_read(q.to(dt), s0), block_read(q.to(dt).double(), s0.double()))
+    result["gdn_read_rel_rms"] = rel_rms(memory_read(q.to(dt), s0), naive_block_read(q.to(dt).double(), s0.double()))
     ref_state = gdn_state_update(k.to(dt).double(), v.to(dt).double(), g.double(), beta.double(), s0.double())
     result["gdn_write_rel_rms"] = rel_rms(gdn_state_update(k.to(dt), v.to(dt), g, beta, s0), ref_state)
     del fast, exact, stores, blocks, call

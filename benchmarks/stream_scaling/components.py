@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from arl2rt.model.attention import memory_read
-from arl2rt.model.gated_delta import block_read
 from arl2rt.model.layers import attention, attention_with_past
+from arl2rt.plugins.gdn.naive import naive_block_read
 from arl2rt.plugins.gdn.op import gdn_state_update
 from benchmarks._harness import quantiles, time_calls
 from benchmarks.stream_scaling.plan import Plan, log
@@ -98,7 +98,7 @@ def measure_components(plan: Plan) -> dict[str, Any]:
             memory_read, F.normalize(heads(), dim=-1), STATE_STD * rnd(1, h, d, d, dtype=torch.float32)
         ),
         "read_reference_einsum": lambda i: Op(
-            block_read, F.normalize(heads(), dim=-1), STATE_STD * rnd(1, h, d, d, dtype=torch.float32)
+            naive_block_read, F.normalize(heads(), dim=-1), STATE_STD * rnd(1, h, d, d, dtype=torch.float32)
         ),
         "write": lambda i: Op(gdn_state_update, *gdn_inputs()),
     }

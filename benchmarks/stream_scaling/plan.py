@@ -13,7 +13,7 @@ import torch
 
 from arl2rt.errors import Arl2rtError
 from arl2rt.model.config import PRESETS, ModelConfig
-from arl2rt.model.gated_delta import CHUNK_SIZE
+from arl2rt.plugins.gdn.constants import CHUNK_SIZE
 from benchmarks._harness import git_commit
 
 MIXES = ("baseline", "arl2-75", "arl2-50", "all-hybrid")

@@ -6,7 +6,7 @@ import io
 from typing import Any
 
 from arl2rt.model.config import ModelConfig
-from arl2rt.model.gated_delta import CHUNK_SIZE
+from arl2rt.plugins.gdn.constants import CHUNK_SIZE
 from benchmarks.stream_scaling.plan import LABELS, MIXES, PEAK_TFLOPS, breakdown_ms, span, video_frames
 
 # The issue's anchors (issue 8; ARL2 project page; perf-anchors.md §0, §5)

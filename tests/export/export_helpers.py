@@ -8,7 +8,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import torch
 
-from arl2rt.model.gated_delta import recurrent_gated_delta_rule
+from arl2rt.plugins.gdn.naive import naive_recurrent_gated_delta_rule
 from arl2rt.plugins.gdn.plugin_spec import GDN_PLUGIN, register_onnx_schema
 from micro_configs import micro_config
 
@@ -52,7 +52,7 @@ def gdn_inputs(b: int, t: int, h: int, dk: int, dv: int, seed: int = 0) -> dict[
 def gdn_reference(inputs: dict[str, np.ndarray]) -> np.ndarray:
     """The float64 token recurrence: the oracle every GDN graph is checked against."""
     k, v, g, beta, state = (torch.from_numpy(inputs[n].astype(np.float64)) for n in GDN_INPUTS)
-    return recurrent_gated_delta_rule(None, k, v, g, beta, initial_state=state)[1].numpy()
+    return naive_recurrent_gated_delta_rule(None, k, v, g, beta, initial_state=state)[1].numpy()
 
 
 def rel_err(got: np.ndarray, want: np.ndarray) -> float:
@@ -84,32 +84,32 @@ class GdnStateUpdateRef:
     def op_run():
         from onnx.reference.op_run import OpRun
 
-        from arl2rt.model.gated_delta import chunk_gated_delta_rule_state
+        from arl2rt.plugins.gdn.naive import naive_chunk_gated_delta_rule_state
 
         class gdn_state_update(OpRun):  # noqa: N801 - OpRun looks ops up by class name
             op_domain = GDN_PLUGIN.namespace
 
             def _run(self, k, v, g, beta, state, chunk_size=64, plugin_namespace=None, plugin_version=None):
                 args = (torch.from_numpy(np.asarray(x, dtype=np.float32)) for x in (k, v, g, beta, state))
-                return (chunk_gated_delta_rule_state(*args, chunk_size=chunk_size).numpy(),)
+                return (naive_chunk_gated_delta_rule_state(*args, chunk_size=chunk_size).numpy(),)
 
         return gdn_state_update
 
 
 def interpreted_aot():
-    """:mod:`arl2rt.plugins.gdn.aot` with kernels that run here: compiled on a GPU, else under Triton's CPU interpreter
-    (``TRITON_INTERPRET=1`` must be set before the kernels are defined, so they are re-imported if it was not)."""
+    """:mod:`arl2rt.plugins.gdn.aot_stages` with kernels that run here: compiled on a GPU, else under Triton's CPU
+    interpreter (``TRITON_INTERPRET=1`` must be set before the kernels are defined, so they are re-imported if it was
+    not)."""
     import importlib
     import os
 
     from arl2rt.plugins.common import is_interpreted
-    from arl2rt.plugins.gdn import aot, chunk
+    from arl2rt.plugins.gdn import aot_stages, chunk_kernels
 
-    if not torch.cuda.is_available() and not is_interpreted(chunk._prep_kernel):
+    if not torch.cuda.is_available() and not is_interpreted(chunk_kernels._prep_kernel):
         os.environ["TRITON_INTERPRET"] = "1"
-        importlib.reload(chunk)
-        importlib.reload(aot)
-    return aot
+        importlib.reload(chunk_kernels)
+    return aot_stages
 
 
 class AotStageRefs:
@@ -121,6 +121,8 @@ class AotStageRefs:
     def op_runs() -> list:
         from onnx.reference.op_run import OpRun
 
+        from arl2rt.plugins.gdn.trt_impl import run_stage_jit
+
         aot = interpreted_aot()
         device = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -131,7 +133,7 @@ class AotStageRefs:
             for arg in stage.outputs:
                 name = stage.tensors[arg]
                 tensors[name] = torch.full(shapes[name], float("nan"), dtype=aot.stage_dtype(stage, arg), device=device)
-            aot.run_stage_jit(stage, tensors, batch, seq_len)
+            run_stage_jit(stage, tensors, batch, seq_len)
             return tuple(tensors[stage.tensors[a]].cpu().numpy() for a in stage.outputs)
 
         def stages(k: np.ndarray, v: np.ndarray) -> dict:

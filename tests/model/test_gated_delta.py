@@ -8,11 +8,11 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from arl2rt.model.gated_delta import (
-    block_read,
-    chunk_gated_delta_rule,
-    chunk_gated_delta_rule_state,
-    recurrent_gated_delta_rule,
+from arl2rt.plugins.gdn.naive import (
+    naive_block_read,
+    naive_chunk_gated_delta_rule,
+    naive_chunk_gated_delta_rule_state,
+    naive_recurrent_gated_delta_rule,
 )
 
 CASES = [(1, 1, 2, 8, 8), (2, 63, 3, 16, 24), (1, 64, 2, 32, 16), (2, 65, 1, 16, 8), (1, 200, 2, 24, 32)]
@@ -37,34 +37,34 @@ def case_id(case):
 @pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_chunked_equals_recurrent_float64(case):
     q, k, v, g, beta, s0 = gdn_inputs(*case, seed=sum(case))
-    o_ref, s_ref = recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=s0)
-    o, s = chunk_gated_delta_rule(q, k, v, g, beta, initial_state=s0)
-    s_only = chunk_gated_delta_rule_state(k, v, g, beta, s0)
+    o_ref, s_ref = naive_recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=s0)
+    o, s = naive_chunk_gated_delta_rule(q, k, v, g, beta, initial_state=s0)
+    s_only = naive_chunk_gated_delta_rule_state(k, v, g, beta, s0)
     assert (o - o_ref).abs().max() <= 1e-10
     assert (s - s_ref).abs().max() <= 1e-10
     assert (s_only - s_ref).abs().max() <= 1e-10
     # the initial state matters: dropping it changes the outputs
-    assert (chunk_gated_delta_rule(q, k, v, g, beta, initial_state=None)[0] - o_ref).abs().max() > 1e-2
+    assert (naive_chunk_gated_delta_rule(q, k, v, g, beta, initial_state=None)[0] - o_ref).abs().max() > 1e-2
 
 
 def test_small_chunk_sizes_agree():
     q, k, v, g, beta, s0 = gdn_inputs(1, 50, 2, 8, 8, seed=7)
-    ref = recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=s0)[1]
+    ref = naive_recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=s0)[1]
     for c in (1, 7, 16):
-        assert (chunk_gated_delta_rule_state(k, v, g, beta, s0, chunk_size=c) - ref).abs().max() <= 1e-10
+        assert (naive_chunk_gated_delta_rule_state(k, v, g, beta, s0, chunk_size=c) - ref).abs().max() <= 1e-10
 
 
 def test_bad_shapes_are_named():
     q, k, v, g, beta, s0 = gdn_inputs(1, 5, 2, 8, 8, seed=1)
     with pytest.raises(ValueError, match="beta"):
-        chunk_gated_delta_rule(q, k, v, g, beta[:, :4], initial_state=s0)
+        naive_chunk_gated_delta_rule(q, k, v, g, beta[:, :4], initial_state=s0)
     with pytest.raises(ValueError, match="initial state"):
-        chunk_gated_delta_rule(q, k, v, g, beta, initial_state=s0[:, :1])
+        naive_chunk_gated_delta_rule(q, k, v, g, beta, initial_state=s0[:, :1])
 
 
 def test_block_read_uses_one_state_for_all_tokens():
     q, _, _, _, _, s0 = gdn_inputs(2, 9, 3, 8, 8, seed=2)
-    o = block_read(q, s0)
+    o = naive_block_read(q, s0)
     for t in (0, 4, 8):
         for h in range(3):
             assert torch.allclose(o[1, t, h], 8**-0.5 * q[1, t, h] @ s0[1, h], atol=1e-12)
@@ -128,7 +128,7 @@ def test_reference_equals_onnx_reference_evaluator(case):
 
     q, k, v, g, beta, s0 = gdn_inputs(*case, seed=11 + sum(case))
     out, present = ReferenceEvaluator(linear_attention_model(*case)).run(None, _onnx_feeds(q, k, v, g, beta, s0))
-    o, s = chunk_gated_delta_rule(q, k, v, g, beta, initial_state=s0)
+    o, s = naive_chunk_gated_delta_rule(q, k, v, g, beta, initial_state=s0)
     assert rel_err(present, s) <= 1e-5
     assert rel_err(out, o.reshape(o.shape[0], o.shape[1], -1)) <= 1e-5
 
@@ -141,6 +141,6 @@ def test_reference_equals_onnxruntime_fp32():
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     feeds = {n: a.astype(np.float32) for n, a in _onnx_feeds(q, k, v, g, beta, s0).items()}
     out, present = sess.run(None, feeds)
-    o, s = chunk_gated_delta_rule(q, k, v, g, beta, initial_state=s0)
+    o, s = naive_chunk_gated_delta_rule(q, k, v, g, beta, initial_state=s0)
     assert rel_err(present, s) <= 1e-5
     assert rel_err(out, o.reshape(2, 100, -1)) <= 1e-5

@@ -20,11 +20,12 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton", reason="the GDN kernels need triton")
 
 from arl2rt.plugins.common import is_interpreted  # noqa: E402
-from arl2rt.plugins.gdn import chunk, naive, read  # noqa: E402
+from arl2rt.plugins.gdn import chunk, chunk_kernels, chunk_launch, chunk_plan, naive, read, read_kernels  # noqa: E402
 
-if not torch.cuda.is_available() and not is_interpreted(chunk._prep_kernel):
+if not torch.cuda.is_available() and not is_interpreted(chunk_kernels._prep_kernel):
     # another module imported the kernels before the interpreter was switched on
-    chunk, read = importlib.reload(chunk), importlib.reload(read)
+    importlib.reload(chunk_kernels)
+    importlib.reload(read_kernels)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -96,10 +97,10 @@ def state_id(case):
 def test_state_update_matches_float64(case):
     b, t, h, dk, dv, dt, seg = case
     _, k, v, g, beta, s0 = gdn_inputs(b, t, h, dk, dv, DTYPES[dt], seed=zlib.crc32(repr(case).encode()))
-    cfg = chunk.ChunkConfig(segments=seg)
-    plan = chunk.plan_chunk(b, t, h, dk, dv, DTYPES[dt], config=cfg)
+    cfg = chunk_plan.ChunkConfig(segments=seg)
+    plan = chunk_plan.plan_chunk(b, t, h, dk, dv, DTYPES[dt], config=cfg)
     out, ws = nan_like(s0), poisoned_workspace(plan)
-    chunk.launch_gdn_state_update(k, v, g, beta, s0, out, ws, b, t, h, dk, dv, DTYPES[dt], config=cfg)
+    chunk_launch.launch_gdn_state_update(k, v, g, beta, s0, out, ws, b, t, h, dk, dv, DTYPES[dt], config=cfg)
     _, s_ref = reference(None, k, v, g, beta, s0)
     assert rel_rms(out, s_ref) <= STATE_TOL[dt]
 
@@ -108,9 +109,9 @@ def test_state_update_matches_float64(case):
 @pytest.mark.parametrize("t", [64, 130])
 def test_state_update_with_correlated_keys(t, dt):
     _, k, v, g, beta, s0 = gdn_inputs(1, t, 2, 32, 32, DTYPES[dt], seed=t, correlated=True)
-    plan = chunk.plan_chunk(1, t, 2, 32, 32, DTYPES[dt])
+    plan = chunk_plan.plan_chunk(1, t, 2, 32, 32, DTYPES[dt])
     out = nan_like(s0)
-    chunk.launch_gdn_state_update(k, v, g, beta, s0, out, poisoned_workspace(plan), 1, t, 2, 32, 32, DTYPES[dt])
+    chunk_launch.launch_gdn_state_update(k, v, g, beta, s0, out, poisoned_workspace(plan), 1, t, 2, 32, 32, DTYPES[dt])
     assert rel_rms(out, reference(None, k, v, g, beta, s0)[1]) <= STATE_TOL[dt]
 
 
@@ -122,9 +123,9 @@ FORWARD_CASES += [(2, 70, 1, 32, 16, "fp16"), (1, 70, 2, 16, 32, "fp32")]
 def test_forward_outputs_and_state_match_float64(case):
     b, t, h, dk, dv, dt = case
     q, k, v, g, beta, s0 = gdn_inputs(b, t, h, dk, dv, DTYPES[dt], seed=zlib.crc32(repr(case).encode()))
-    plan = chunk.plan_chunk(b, t, h, dk, dv, DTYPES[dt], with_output=True)
+    plan = chunk_plan.plan_chunk(b, t, h, dk, dv, DTYPES[dt], with_output=True)
     o, out = nan_like(v), nan_like(s0)
-    chunk.launch_gdn_forward(q, k, v, g, beta, s0, o, out, poisoned_workspace(plan), b, t, h, dk, dv, DTYPES[dt])
+    chunk_launch.launch_gdn_forward(q, k, v, g, beta, s0, o, out, poisoned_workspace(plan), b, t, h, dk, dv, DTYPES[dt])
     o_ref, s_ref = reference(q, k, v, g, beta, s0)
     assert rel_rms(o, o_ref) <= OUT_TOL[dt]
     assert rel_rms(out, s_ref) <= STATE_TOL[dt]
@@ -156,14 +157,14 @@ def test_bad_shapes_are_named():
     with pytest.raises(ValueError, match="initial state"):
         chunk.chunk_gated_delta_rule_state(k, v, g, beta, s0[:, :1])
     with pytest.raises(ValueError, match="K=24"):
-        chunk.plan_chunk(1, 10, 2, 24, 16, torch.float32)
+        chunk_plan.plan_chunk(1, 10, 2, 24, 16, torch.float32)
     with pytest.raises(ValueError, match="state"):
         read.block_read(q, s0[..., :8, :])
 
 
 @pytest.mark.parametrize("with_output", [False, True], ids=["state-only", "with-output"])
 def test_plan_orders_arguments_and_cuts_an_aligned_workspace(with_output):
-    plan = chunk.plan_chunk(2, 4680, 12, 128, 128, torch.bfloat16, with_output=with_output)
+    plan = chunk_plan.plan_chunk(2, 4680, 12, 128, 128, torch.bfloat16, with_output=with_output)
     for launch in plan.launches:
         kinds = ["int" if launch.signature[a] == "i32" else "ptr" for a in launch.args]
         first_int = kinds.index("int") if "int" in kinds else len(kinds)

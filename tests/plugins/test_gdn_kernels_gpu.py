@@ -12,7 +12,7 @@ import torch
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU for compiled Triton kernels")
 pytest.importorskip("triton", reason="the GDN kernels need triton")
 
-from arl2rt.plugins.gdn import chunk, naive, read  # noqa: E402
+from arl2rt.plugins.gdn import chunk, chunk_launch, chunk_plan, naive, read  # noqa: E402
 
 STATE_TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 OUT_TOL = {torch.float32: 1e-5, torch.bfloat16: 1.5e-2}
@@ -42,10 +42,10 @@ CASES = [(b, t, dt) for t in (1560, 4680, 9360) for b in (1, 2) for dt in (torch
 def test_state_update_h200_shapes(case):
     b, t, dt = case
     _, k, v, g, beta, s0 = inputs(b, t, 12, 128, dt, seed=t + b)
-    plan = chunk.plan_chunk(b, t, 12, 128, 128, dt)
+    plan = chunk_plan.plan_chunk(b, t, 12, 128, 128, dt)
     out = torch.full_like(s0, float("nan"))
     ws = torch.full((plan.workspace_bytes,), 0xFF, dtype=torch.uint8, device="cuda")
-    chunk.launch_gdn_state_update(k, v, g, beta, s0, out, ws, b, t, 12, 128, 128, dt)
+    chunk_launch.launch_gdn_state_update(k, v, g, beta, s0, out, ws, b, t, 12, 128, 128, dt)
     ref = naive.naive_chunk_gated_delta_rule_state(k.double(), v.double(), g.double(), beta.double(), s0.double())
     assert rel_rms(out, ref) <= STATE_TOL[dt]
 
@@ -65,13 +65,13 @@ def test_raw_pointer_launch_on_an_external_stream():
     """The TensorRT calling convention: integer addresses, int sizes and a raw cudaStream_t."""
     b, t, h, d, dt = 1, 4680, 12, 128, torch.bfloat16
     _, k, v, g, beta, s0 = inputs(b, t, h, d, dt, seed=9)
-    plan = chunk.plan_chunk(b, t, h, d, d, dt)
+    plan = chunk_plan.plan_chunk(b, t, h, d, d, dt)
     out = torch.full_like(s0, float("nan"))
     ws = torch.full((plan.workspace_bytes,), 0xFF, dtype=torch.uint8, device="cuda")
     stream = torch.cuda.Stream()
     torch.cuda.synchronize()
     ptrs = [x.data_ptr() for x in (k, v, g, beta, s0, out, ws)]
-    chunk.launch_gdn_state_update(*ptrs, b, t, h, d, d, dt, stream=stream.cuda_stream)
+    chunk_launch.launch_gdn_state_update(*ptrs, b, t, h, d, d, dt, stream=stream.cuda_stream)
     stream.synchronize()
     ref = naive.naive_chunk_gated_delta_rule_state(k.double(), v.double(), g.double(), beta.double(), s0.double())
     assert rel_rms(out, ref) <= STATE_TOL[dt]

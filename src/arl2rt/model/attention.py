@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from arl2rt.model.fusion import fused
-from arl2rt.model.gated_delta import block_read
 from arl2rt.model.layers import (
     HeadwiseLinear,
     RMSNorm,
@@ -18,17 +17,17 @@ from arl2rt.model.layers import (
     rope_l2norm,
 )
 from arl2rt.plugins.common import kernels_support
+from arl2rt.plugins.gdn import read
+from arl2rt.plugins.gdn.naive import naive_block_read
 from arl2rt.plugins.gdn.op import gdn_state_update
 
 
 def memory_read(q: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
     """The block read: the Triton kernel on CUDA (plugins/gdn/read.py), the reference on a CPU and while tracing."""
     if q.is_cuda and not torch.compiler.is_compiling():
-        if kernels_support(q.shape[-1], state.shape[-1], q.dtype):
-            from arl2rt.plugins.gdn import read  # imports Triton: CUDA only
-
+        if kernels_support(q.shape[-1], state.shape[-1], q.dtype):  # Triton is imported on the first launch
             return read.block_read(q, state)
-    return block_read(q, state)
+    return naive_block_read(q, state)
 
 
 @fused

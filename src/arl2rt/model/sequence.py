@@ -12,9 +12,9 @@ once with the same causality. This module runs the model's own modules over a wh
   States are written from clean tokens only; nothing of the noisy half reaches the clean half.
 
 The GDN write is differentiable: it uses the pure-torch chunked reference
-(:func:`~arl2rt.model.gated_delta.chunk_gated_delta_rule_state`), not the ``arl2::gdn_state_update`` custom op, which
-has no autograd formula. All blocks' writes run as one batched call: the delta rule is affine in each value column of
-the state, so running it per block from ``[I | 0]`` with values ``[0 | v]`` gives the block's transition ``A`` and
+(:func:`~arl2rt.plugins.gdn.naive.naive_chunk_gated_delta_rule_state`), not the ``arl2::gdn_state_update`` custom op,
+which has no autograd formula. All blocks' writes run as one batched call: the delta rule is affine in each value column
+of the state, so running it per block from ``[I | 0]`` with values ``[0 | v]`` gives the block's transition ``A`` and
 input ``B`` (``S_next = A S + B``); a scan over blocks then chains them.
 """
 
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from arl2rt.errors import Arl2rtError
 from arl2rt.model.attention import gated_sum
 from arl2rt.model.dit import CausalDiT, DiTBlock, gated_add, norm_modulate
-from arl2rt.model.gated_delta import block_read, chunk_gated_delta_rule_state
 from arl2rt.model.layers import accum_dtype, attention, sinusoidal_embedding
+from arl2rt.plugins.gdn.naive import naive_block_read, naive_chunk_gated_delta_rule_state
 
 
 def clip_forward(
@@ -164,7 +164,7 @@ def _hybrid_attention(attn, x, cos, sin, num_blocks, clean_len):
     c = slice(0, clean_len)
     states = _block_states(*attn.write_inputs(x[:, c], k_proj[:, c], v_proj[:, c], cos[c], sin[c]), num_blocks)
     states = states.repeat(1, blocks // num_blocks, 1, 1, 1).flatten(0, 1)  # clean and noisy block j read S_j
-    o_inter = block_read(per_block(q_mem), states)
+    o_inter = naive_block_read(per_block(q_mem), states)
     return attn.o(gated_sum(sequence(o_intra), attn.gate_proj(x), sequence(o_inter)).flatten(2))
 
 
@@ -191,7 +191,7 @@ def _block_states(k, v, g, beta, num_blocks: int) -> torch.Tensor:
             v_aug = torch.cat([torch.zeros_like(k), v], dim=-1)
             eye = torch.eye(dk, dtype=dt, device=k.device).expand(kb.shape[0], h, dk, dk)
             init = torch.cat([eye, eye.new_zeros(kb.shape[0], h, dk, dv)], dim=-1)
-            out = chunk_gated_delta_rule_state(kb, blocks(v_aug), blocks(g), blocks(beta), initial_state=init)
+            out = naive_chunk_gated_delta_rule_state(kb, blocks(v_aug), blocks(g), blocks(beta), initial_state=init)
             out = out.unflatten(0, (b, n))
             trans, inp = out[..., :dk], out[..., dk:]  # S_next = trans @ S + inp
             for j in range(n):

@@ -27,8 +27,9 @@ import torch
 
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import GRAPHS, PER_PASS, StateSpec
+from arl2rt.plugins.gdn.trt_config import REGISTRATION_MODULE, register_trt_plugins
 from arl2rt.runtime.backend import Backend
-from arl2rt.runtime.trt.build import PLUGIN_MODULE, build_engines, default_cache_dir, engine_key
+from arl2rt.runtime.trt.build import build_engines, default_cache_dir, engine_key
 from arl2rt.runtime.trt.cache import read_entry
 from arl2rt.runtime.trt.flavour import DEFAULT_FLAVOUR, cuda_capability, load_flavour
 from arl2rt.runtime.trt.loaders import DTYPE_NAMES, make_logger
@@ -46,8 +47,8 @@ def deserialize_error(path: Path, messages: list[str], target: str, flavour: str
     low = text.lower()
     if "plugin" in low and ("creator" in low or "not found" in low or "could not find" in low):
         fix = (
-            f"import {PLUGIN_MODULE} before loading (its JIT plugins need Python and Triton at run time), or rebuild "
-            "with AOT plugins only (arl2::gdn_prep / gdn_scan / gdn_combine), whose kernels live in the engine"
+            f"import {REGISTRATION_MODULE} before loading (its JIT plugins need Python and Triton at run time), or "
+            "rebuild with AOT plugins only (arl2::gdn_prep / gdn_scan / gdn_combine), whose kernels live in the engine"
             if target == "tensorrt"
             else "rebuild the engines for this package"
         )
@@ -151,8 +152,8 @@ class TensorRTBackend(Backend):
                 "use the tensorrt flavour"
             )
         torch.cuda.set_device(self.device)
-        if self.package.target == "tensorrt":
-            __import__(PLUGIN_MODULE)  # JIT plugin creators must exist before deserialization
+        if self.package.plugin_mode == "jit":
+            register_trt_plugins()  # JIT plugin creators must exist before deserialization (AOT engines embed theirs)
         key, _ = engine_key(self.package, flavour, max_frames=self.max_frames, max_batch=self.max_batch)
         if self.engine_dir is not None:
             entry = read_entry(Path(self.engine_dir), expected_key=key)
@@ -177,7 +178,6 @@ class TensorRTBackend(Backend):
             check_engine_io(engine_io(engine, trt), self.spec, graph, path)
             self.engines[graph] = engine
             self.contexts[graph] = engine.create_execution_context()
-        self._trt = trt
         self._stream = torch.cuda.Stream(self.device)
 
     def deactivate_impl(self) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import onnx_ir as ir
 
 from arl2rt.export.passes.base import CountedResult, gdn_nodes, static_dims
-from arl2rt.model.gated_delta import CHUNK_SIZE
+from arl2rt.plugins.gdn.constants import CHUNK_SIZE
 
 logger = logging.getLogger(__name__)
 

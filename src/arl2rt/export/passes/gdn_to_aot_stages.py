@@ -7,12 +7,13 @@ Cases: every ``arl2::gdn_state_update`` node becomes
   the new state;
 * several segments: ``arl2::gdn_prep`` → ``arl2::gdn_scan`` → ``arl2::gdn_combine`` (``input_dtype`` = the key dtype).
 
-The segment count is the one the plugin's ``aot_impl`` derives from the same sizes (:func:`arl2rt.plugins.gdn.aot.
-gdn_stages`: heads, key/value dims, key dtype, tokens per block), so the tensors between the nodes have the shapes the
-plugins declare (:func:`~arl2rt.plugins.gdn.aot.stage_tensor_shapes`): batch stays the graph's (symbolic) batch, W/U/
-prefix sums are padded to whole chunks. Node inputs/outputs follow each kernel's argument order minus the extra ints;
-attributes are exactly the stage's :class:`~arl2rt.plugins.gdn.plugin_spec.PluginSpec`. Needs triton (the stage plan
-is the kernels' plan); heads and head dims must be static.
+The segment count is the one the plugin's ``aot_impl`` derives from the same sizes
+(:func:`arl2rt.plugins.gdn.aot_stages.gdn_stages`: heads, key/value dims, key dtype, tokens per block), so the tensors
+between the nodes have the shapes the plugins declare (:func:`~arl2rt.plugins.gdn.aot_stages.stage_tensor_shapes`):
+batch stays the graph's (symbolic) batch, W/U/prefix sums are padded to whole chunks. Node inputs/outputs follow each
+kernel's argument order minus the extra ints; attributes are exactly the stage's
+:class:`~arl2rt.plugins.gdn.plugin_spec.PluginSpec`. The stage plan is the kernels' plan, made without Triton; heads and
+head dims must be static.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.passes.base import CountedResult, gdn_nodes, static_dims
+from arl2rt.plugins.gdn import aot_stages
 from arl2rt.plugins.gdn.plugin_spec import AOT_STAGE_PLUGINS, PluginSpec
 
 logger = logging.getLogger(__name__)
@@ -58,14 +60,6 @@ def _torch_dtype(value: ir.Value) -> torch.dtype:
 
 
 def _stage_nodes(node: ir.Node) -> tuple[list[ir.Node], ir.Value]:
-    try:  # here, not at module level: triton is optional, and only this mode needs it
-        from arl2rt.plugins.gdn import aot
-    except ImportError as exc:
-        raise Arl2rtError(
-            f"tensorrt target, AOT plugins: planning the kernel stages needs triton ({exc}); "
-            "pip install 'arl2rt[triton]', or export with --trt-plugin jit"
-        ) from None
-
     key, value = node.inputs[0], node.inputs[1]
     heads, head_k = static_dims(key, 2, 3)
     (head_v,) = static_dims(value, 3)
@@ -73,10 +67,10 @@ def _stage_nodes(node: ir.Node) -> tuple[list[ir.Node], ir.Value]:
     seq_len = tokens if isinstance(tokens, int) else None  # a dynamic token count: one segment, rows unknown
     dtype = _torch_dtype(key)
     try:
-        stages = aot.gdn_stages(heads, head_k, head_v, dtype, seq_len=seq_len)
+        stages = aot_stages.gdn_stages(heads, head_k, head_v, dtype, seq_len=seq_len)
     except ValueError as exc:  # sizes the kernels do not take
         raise Arl2rtError(f"GDN node {node.name}, key {key.name} {key.shape}: no AOT plugin stages: {exc}") from None
-    shapes = aot.stage_tensor_shapes(batch, seq_len or 1, heads, head_k, head_v, stages[1].segments)
+    shapes = aot_stages.stage_tensor_shapes(batch, seq_len or 1, heads, head_k, head_v, stages[1].segments)
     if seq_len is None:
         shapes.update({n: shapes[n][:2] + (None,) + shapes[n][3:] for n in ("w", "u", "gc")})
 
@@ -98,7 +92,7 @@ def _stage_nodes(node: ir.Node) -> tuple[list[ir.Node], ir.Value]:
             tensor = stage.tensors[arg]
             out.name = f"{base}_{tensor}"
             # W and U are stored in the key dtype, everything else in fp32 (the kernels' signatures say which)
-            out.dtype = key.dtype if aot.stage_dtype(stage, arg) == dtype else ir.DataType.FLOAT
+            out.dtype = key.dtype if aot_stages.stage_dtype(stage, arg) == dtype else ir.DataType.FLOAT
             out.shape = ir.Shape(shapes[tensor])
             tensors[tensor] = out
         new_nodes.append(stage_node)

@@ -2,13 +2,19 @@
 
 A launch is described once, by a :class:`KernelLaunch` (kernel, grid, warps, stages, compile-time constants, the runtime
 argument order and the Triton signature). The JIT path runs it with :func:`run_launch`; an ahead-of-time path hands
-``kernel``, ``signature`` and ``constexprs`` to ``triton.compile(triton.compiler.ASTSource(...))`` and launches the
+the kernel, ``signature`` and ``constexprs`` to ``triton.compile(triton.compiler.ASTSource(...))`` and launches the
 result with the same grid. Runtime arguments are always ordered inputs → int sizes → outputs.
+
+A launch names its kernel (:class:`KernelRef`) rather than holding it: the kernel's module, which imports Triton, is
+imported only when the launch runs or compiles, so planning (the export's AOT stages, TensorRT's shape arithmetic) works
+where Triton is absent. This module imports no Triton.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,9 +57,27 @@ def is_interpreted(kernel: Any) -> bool:
     return type(kernel).__name__ == "InterpretedFunction"
 
 
+def interpreter_enabled() -> bool:
+    """Whether ``TRITON_INTERPRET`` switches Triton's CPU interpreter on, read as ``triton.jit`` reads it when it
+    defines a kernel, without importing Triton (plans pick interpreter-safe constexprs from it)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on")
+
+
 def pointer_type(dtype: torch.dtype) -> str:
     """Triton signature string of a pointer to ``dtype`` (``*bf16``...)."""
     return "*" + _TRITON_TYPES[dtype]
+
+
+@dataclass(frozen=True)
+class KernelRef:
+    """A Triton kernel named by its module and attribute, imported on :meth:`resolve` (the module imports Triton)."""
+
+    module: str
+    name: str
+
+    def resolve(self) -> Any:
+        """The ``triton.jit`` function (or its interpreted form under ``TRITON_INTERPRET=1``)."""
+        return getattr(importlib.import_module(self.module), self.name)
 
 
 @dataclass(frozen=True)
@@ -64,7 +88,7 @@ class KernelLaunch:
     of them to a Triton type (``*bf16``, ``i32``...) and each constexpr to ``"constexpr"``, as ``ASTSource`` wants.
     """
 
-    kernel: Any
+    kernel: KernelRef
     grid: tuple[int, int, int]
     num_warps: int
     num_stages: int
@@ -74,7 +98,7 @@ class KernelLaunch:
 
     @property
     def name(self) -> str:
-        return getattr(self.kernel, "__name__", None) or self.kernel.fn.__name__
+        return self.kernel.name
 
 
 @contextlib.contextmanager
@@ -96,7 +120,7 @@ def run_launch(launch: KernelLaunch, args: Sequence[Any], stream: int | torch.cu
     if len(args) != len(launch.args):
         raise ValueError(f"{launch.name} takes {len(launch.args)} runtime arguments {launch.args}; got {len(args)}")
     with _on_stream(stream):
-        return launch.kernel[launch.grid](
+        return launch.kernel.resolve()[launch.grid](
             *args, **launch.constexprs, num_warps=launch.num_warps, num_stages=launch.num_stages
         )
 

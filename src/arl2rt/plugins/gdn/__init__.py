@@ -1,6 +1,10 @@
 """Gated DeltaNet kernels: the chunked state update and the block-level read (Triton), beside their references.
 
-The fast names import Triton on first use, so ``import arl2rt.plugins.gdn`` works where Triton is absent.
+Modules by concern: :mod:`.naive` (pure-torch references), :mod:`.constants` (the chunk size), ``*_kernels`` (Triton),
+:mod:`.chunk_plan` and :mod:`.read` (launch plans), :mod:`.chunk_launch` (raw-pointer launches), :mod:`.chunk` and
+:mod:`.read` (the torch API); :mod:`.op` is the ``torch.ops.arl2.gdn_state_update`` custom op, and the ``aot_*``,
+``trt_*`` and :mod:`.plugin_spec` modules are the TensorRT plugins. Triton is imported by the ``*_kernels`` modules
+alone (on the first launch) and by :mod:`.aot_compile` when it compiles; only :mod:`.trt_plugin` imports TensorRT.
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ from arl2rt.plugins.gdn.naive import (
     naive_recurrent_gated_delta_rule,
 )
 
-_FAST = {
-    "ChunkConfig": "chunk",
+# the fast names' modules are imported on first use: importing the package loads only the references
+_LAZY = {
+    "ChunkConfig": "chunk_plan",
+    "plan_chunk": "chunk_plan",
+    "launch_gdn_forward": "chunk_launch",
+    "launch_gdn_state_update": "chunk_launch",
     "chunk_gated_delta_rule": "chunk",
     "chunk_gated_delta_rule_state": "chunk",
-    "launch_gdn_forward": "chunk",
-    "launch_gdn_state_update": "chunk",
-    "plan_chunk": "chunk",
     "ReadConfig": "read",
     "block_read": "read",
     "launch_block_read": "read",
@@ -47,6 +52,6 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in _FAST:
-        return getattr(importlib.import_module(f"{__name__}.{_FAST[name]}"), name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

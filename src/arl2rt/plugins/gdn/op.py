@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from arl2rt.model.gated_delta import chunk_gated_delta_rule_state
 from arl2rt.plugins.common import kernels_support
+from arl2rt.plugins.gdn import chunk
+from arl2rt.plugins.gdn.naive import naive_chunk_gated_delta_rule_state
 
 OP_NAMESPACE = "arl2"
 OP_NAME = "gdn_state_update"
@@ -25,7 +26,7 @@ def gdn_state_update(
     k ``[B,T,H,K]``, v ``[B,T,H,V]``, g (log decay) and beta ``[B,T,H]``, state ``[B,H,K,V]`` -> ``[B,H,K,V]``
     in the state's dtype.
     """
-    return chunk_gated_delta_rule_state(k, v, g, beta, state).to(state.dtype)
+    return naive_chunk_gated_delta_rule_state(k, v, g, beta, state).to(state.dtype)
 
 
 @gdn_state_update.register_fake
@@ -35,9 +36,7 @@ def _(k, v, g, beta, state):
 
 @gdn_state_update.register_kernel("cuda")
 def _(k, v, g, beta, state):
-    # Triton is imported on first CUDA call only; shapes or dtypes the kernel lacks fall back to the reference.
+    # Triton is imported on the first launch only; shapes or dtypes the kernel lacks fall back to the reference.
     if kernels_support(k.shape[-1], v.shape[-1], k.dtype):
-        from arl2rt.plugins.gdn import chunk
-
         return chunk.chunk_gated_delta_rule_state(k, v.to(k.dtype), g, beta, state).to(state.dtype)
-    return chunk_gated_delta_rule_state(k, v, g, beta, state).to(state.dtype)
+    return naive_chunk_gated_delta_rule_state(k, v, g, beta, state).to(state.dtype)

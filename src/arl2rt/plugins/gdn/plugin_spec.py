@@ -145,7 +145,7 @@ GDN_PLUGIN = PluginSpec(
 
 
 # The same update as one Triton kernel per node, for TensorRT's AOT plugins (``aot_impl``: PTX in the engine, no Python
-# at run time). Tensor names are the kernels' argument names (:mod:`arl2rt.plugins.gdn.aot`), in TensorRT's argument
+# at run time). Tensor names are the kernels' argument names (:mod:`.aot_stages`), in TensorRT's argument
 # order: inputs, then (extra ints, which are not tensors), then outputs. W, U and the gate prefix sums are padded to
 # whole chunks of 64 tokens; ``gdn_scan`` writes the new state itself when it runs as one segment, else the segment
 # buffer that ``gdn_combine`` reduces.

@@ -6,7 +6,8 @@ gate, any float dtype), out ``[B,T,H,V]`` in q's dtype. Every token of the block
 Numerics (spec §5): for half q the state is cast to q's dtype, as the reference does, and the product accumulates in
 fp32; scale, gate and the add are applied in fp32 and rounded once at the store. For fp32 q the product runs with
 ``input_precision="tf32x3"`` (fp32 accuracy). One kernel, inputs → int sizes → outputs, no workspace; each program
-keeps its slice of S on chip and streams ``tiles`` row tiles of q through it, so S is read once per program.
+keeps its slice of S on chip and streams ``tiles`` row tiles of q through it, so S is read once per program. The kernel
+is :mod:`arl2rt.plugins.gdn.read_kernels`, imported on the first launch: this module imports no Triton.
 """
 
 from __future__ import annotations
@@ -16,81 +17,16 @@ import math
 from dataclasses import dataclass
 
 import torch
-import triton
-import triton.language as tl
 
 from arl2rt.plugins.common import (
     KernelLaunch,
+    KernelRef,
     as_kernel_arg,
     check_kernel_sizes,
-    is_interpreted,
+    interpreter_enabled,
     pointer_type,
     run_launch,
 )
-
-
-@triton.jit
-def _block_read_kernel(
-    q,
-    state,
-    gate,
-    T,
-    H,
-    TILES,
-    o,
-    K: tl.constexpr,
-    V: tl.constexpr,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-    SCALE: tl.constexpr,
-    HAS_GATE: tl.constexpr,
-    ACCUMULATE: tl.constexpr,
-    PREC: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
-    """Grid (⌈T / (BT·TILES)⌉, B·H, V/BV): TILES consecutive BT-row tiles of one head against one BV slice of S."""
-    i_t = tl.program_id(0)
-    i_bh = tl.program_id(1)
-    i_v = tl.program_id(2)
-    i_b = i_bh // H
-    i_h = i_bh % H
-    rk = tl.arange(0, K)
-    cv = i_v * BV + tl.arange(0, BV)
-    S = tl.load(state + i_bh.to(tl.int64) * K * V + rk[:, None] * V + cv[None, :])
-    if q.dtype.element_ty != tl.float32:
-        S = S.to(q.dtype.element_ty)
-        if UPCAST:  # Triton's CPU interpreter multiplies bf16 operands as raw integers
-            S = S.to(tl.float32)
-    rt = tl.arange(0, BT)
-    t0 = i_t * TILES * BT
-    # the gate and the output being added to are prefetched one tile ahead by hand (the pipeliner stages only q)
-    if HAS_GATE:
-        gate_n = tl.load(gate + (i_b.to(tl.int64) * T + t0 + rt) * H + i_h, mask=t0 + rt < T, other=0.0)
-    if ACCUMULATE:
-        tok0 = (i_b.to(tl.int64) * T + t0 + rt) * H + i_h
-        add_n = tl.load(o + tok0[:, None] * V + cv[None, :], mask=(t0 + rt < T)[:, None], other=0.0)
-    for it in range(TILES):
-        t = t0 + it * BT + rt
-        valid = t < T
-        tok = (i_b.to(tl.int64) * T + t) * H + i_h
-        tn = t + BT
-        tok_n = (i_b.to(tl.int64) * T + tn) * H + i_h
-        valid_n = tn < tl.where(it + 1 < TILES, T, 0)  # a scalar flag enters the mask as a bound
-        if HAS_GATE:
-            gt = gate_n
-            gate_n = tl.load(gate + tok_n, mask=valid_n, other=0.0)
-        if ACCUMULATE:
-            add = add_n
-            add_n = tl.load(o + tok_n[:, None] * V + cv[None, :], mask=valid_n[:, None], other=0.0)
-        qt = tl.load(q + tok[:, None] * K + rk[None, :], mask=valid[:, None], other=0.0)
-        if UPCAST:
-            qt = qt.to(tl.float32)
-        acc = tl.dot(qt, S, input_precision=PREC) * SCALE
-        if HAS_GATE:
-            acc = acc * gt.to(tl.float32)[:, None]
-        if ACCUMULATE:
-            acc += add.to(tl.float32)
-        tl.store(o + tok[:, None] * V + cv[None, :], acc.to(o.dtype.element_ty), mask=valid[:, None])
 
 
 @dataclass(frozen=True)
@@ -133,7 +69,7 @@ def plan_block_read(
     tiles_per_program = math.ceil(tiles / min(per_t, tiles))
     ptr = pointer_type(dtype)
     launch = KernelLaunch(
-        _block_read_kernel,
+        KernelRef("arl2rt.plugins.gdn.read_kernels", "_block_read_kernel"),
         (math.ceil(tiles / tiles_per_program), bh, head_v // bv),
         cfg.num_warps or (8 if gate_dtype is not None or accumulate else 4),
         cfg.num_stages,
@@ -156,7 +92,7 @@ def plan_block_read(
             "HAS_GATE": gate_dtype is not None,
             "ACCUMULATE": accumulate,
             "PREC": "tf32x3" if dtype == torch.float32 else "tf32",
-            "UPCAST": is_interpreted(_block_read_kernel) and dtype == torch.bfloat16,
+            "UPCAST": interpreter_enabled() and dtype == torch.bfloat16,
         },
     )
     launch.signature.update(dict.fromkeys(launch.constexprs, "constexpr"))
@@ -216,7 +152,7 @@ def block_read(
 
     q ``[B,T,H,K]``, state ``[B,H,K,V]`` (cast to fp32), gate ``[B,T,H]`` or None, out ``[B,T,H,V]`` in q's dtype
     (contiguous; updated in place) or None for a new tensor. scale defaults to K^-0.5. Matches
-    :func:`arl2rt.model.gated_delta.block_read` (plus the fused ``out + γ ⊙ o``).
+    :func:`~arl2rt.plugins.gdn.naive.naive_block_read` (plus the fused ``out + γ ⊙ o``).
     """
     if q.dim() != 4 or state.dim() != 4:
         raise ValueError(f"q must be [B,T,H,K] and state [B,H,K,V]; got q {tuple(q.shape)}, state {tuple(state.shape)}")

@@ -1,21 +1,23 @@
 """The arl2 GDN plugins for TensorRT, registered with the decorator API (``tensorrt.plugin``); import to register.
 
 * ``arl2::gdn_state_update`` — the node the exporter's ``tensorrt`` target writes (:data:`GDN_PLUGIN`): ``register``
-  (shapes/dtypes; ``present_state`` aliased to ``past_state`` when ``ARL2RT_TRT_INPLACE_STATE=1``, which needs the
-  builder's ``ALIASED_PLUGIN_IO_10_03`` preview feature), ``autotune`` (fp32/fp16/bf16 key and value, fp32 gates and
-  state; tactics = kernel configurations) and ``impl`` (JIT, TensorRT ≥ 10.6: runs the Triton kernels on
-  TensorRT's stream). Its update takes two or three kernels and a workspace, so it has no ``aot_impl``.
-* ``arl2::gdn_prep`` → ``arl2::gdn_scan`` [→ ``arl2::gdn_combine``] — the same update as one kernel per node, each
-  with ``aot_impl`` (TensorRT ≥ 10.9: PTX embedded in the engine, which then runs without Python) and ``impl``. A
-  graph that uses them passes W, U, the gate prefix sums and the segment results between the nodes as ordinary
-  tensors (:func:`arl2rt.plugins.gdn.aot.stage_tensor_shapes`); ``gdn_scan`` writes the new state itself when it runs
-  as one segment (a dynamic token count), else ``gdn_combine`` (string attribute ``input_dtype``: the key/value
-  dtype) does. Names, versions and attributes are :data:`~arl2rt.plugins.gdn.plugin_spec.AOT_STAGE_PLUGINS`, the
-  declaration the exporter's ``tensorrt`` target (default ``--trt-plugin aot``) writes these nodes from.
+  (shapes/dtypes; ``present_state`` aliased to ``past_state`` when :func:`~arl2rt.plugins.gdn.trt_config.
+  trt_plugin_config` says ``in_place_state``, which needs the builder's ``ALIASED_PLUGIN_IO_10_03`` preview feature),
+  ``autotune`` (fp32/fp16/bf16 key and value, fp32 gates and state; tactics = kernel configurations) and ``impl``
+  (JIT, TensorRT ≥ 10.6: runs the Triton kernels on TensorRT's stream). Its update takes two or three kernels and a
+  workspace, so it has no ``aot_impl``.
+* ``arl2::gdn_prep`` → ``arl2::gdn_scan`` [→ ``arl2::gdn_combine``] — the same update as one kernel per node, each with
+  ``aot_impl`` (TensorRT ≥ 10.9: PTX embedded in the engine, which then runs without Python) and ``impl``. A graph that
+  uses them passes W, U, the gate prefix sums and the segment results between the nodes as ordinary tensors
+  (:func:`arl2rt.plugins.gdn.aot_stages.stage_tensor_shapes`); ``gdn_scan`` writes the new state itself when it runs as
+  one segment (a dynamic token count), else ``gdn_combine`` (string attribute ``input_dtype``: the key/value dtype)
+  does. Names, versions and attributes are :data:`~arl2rt.plugins.gdn.plugin_spec.AOT_STAGE_PLUGINS`, the declaration
+  the exporter's ``tensorrt`` target (default ``--trt-plugin aot``) writes these nodes from.
 
-Everything but the wrapping lives in :mod:`arl2rt.plugins.gdn.aot`, which imports no TensorRT and is tested in CI and
-on the H200 (``tools/check_trt_plugin_aot.py``). This module itself has never run: TensorRT cannot be installed on
-this project's machines. No ``from __future__ import annotations`` here: ``tensorrt.plugin`` reads the annotations.
+Everything but the wrapping lives in :mod:`.aot_stages`, :mod:`.aot_compile` and :mod:`.trt_impl`, which import no
+TensorRT and are tested in CI and on the H200 (``tools/check_trt_plugin_aot.py``). This module itself has never run:
+TensorRT cannot be installed on this project's machines. No ``from __future__ import annotations`` here:
+``tensorrt.plugin`` reads the annotations.
 """
 
 from typing import List, Tuple, Union  # noqa: UP035 - tensorrt.plugin validates these typing forms
@@ -25,21 +27,13 @@ import tensorrt.plugin as trtp
 import torch
 
 from arl2rt.errors import Arl2rtError
-from arl2rt.plugins.gdn.aot import (
-    JIT_TACTICS,
-    combine_stage,
-    compile_stage,
-    enqueue_state_update,
-    gdn_stages,
-    run_stage_jit,
-    stage_launch,
-    stage_tensor_shapes,
-)
-from arl2rt.plugins.gdn.chunk import CHUNK
+from arl2rt.plugins.gdn.aot_compile import compile_stage
+from arl2rt.plugins.gdn.aot_stages import combine_stage, gdn_stages, stage_launch, stage_tensor_shapes
+from arl2rt.plugins.gdn.constants import CHUNK_SIZE
 from arl2rt.plugins.gdn.plugin_spec import GDN_COMBINE_PLUGIN, GDN_PLUGIN, GDN_PREP_PLUGIN, GDN_SCAN_PLUGIN
-from arl2rt.runtime.trt.build import in_place_state
+from arl2rt.plugins.gdn.trt_config import trt_plugin_config
+from arl2rt.plugins.gdn.trt_impl import JIT_TACTICS, enqueue_state_update, run_stage_jit
 
-IN_PLACE_STATE = in_place_state()  # read once: the plugin descriptions must not change within a process
 _TORCH = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16}
 _DTYPE_NAMES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _NS = GDN_PLUGIN.namespace
@@ -78,9 +72,9 @@ def _state_update_desc(
     past_state: trtp.TensorDesc,
     chunk_size: int,
 ) -> Tuple[trtp.TensorDesc]:  # noqa: UP006
-    if chunk_size != CHUNK:
-        raise Arl2rtError(f"{GDN_PLUGIN.qualified_name}: chunk_size {chunk_size}; the kernels use {CHUNK}")
-    return (past_state.aliased() if IN_PLACE_STATE else past_state.like(),)
+    if chunk_size != CHUNK_SIZE:
+        raise Arl2rtError(f"{GDN_PLUGIN.qualified_name}: chunk_size {chunk_size}; the kernels use {CHUNK_SIZE}")
+    return (past_state.aliased() if trt_plugin_config().in_place_state else past_state.like(),)
 
 
 @trtp.autotune(GDN_PLUGIN.qualified_name)
@@ -175,7 +169,7 @@ def _scan_desc(
         return (s0.like(),)
     scan = _stages(k, u.shape_expr[3])["gdn_scan"]
     if scan.segments == 1:  # the scan writes the new state itself
-        return (s0.aliased() if IN_PLACE_STATE else s0.like(),)
+        return (s0.aliased() if trt_plugin_config().in_place_state else s0.like(),)
     s = k.shape_expr
     shapes = stage_tensor_shapes(s[0], s[1], s[2], s[3], u.shape_expr[3], scan.segments, cdiv=trtp.cdiv)
     return (trtp.from_shape_expr(shapes["seg"], dtype=trt.float32),)

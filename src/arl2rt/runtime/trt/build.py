@@ -22,6 +22,7 @@ import arl2rt
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import GRAPHS
 from arl2rt.files import sha256_file
+from arl2rt.plugins.gdn.trt_config import plugin_sources_digest, register_trt_plugins, trt_plugin_config
 from arl2rt.runtime.trt.cache import CacheEntry, EngineCache
 from arl2rt.runtime.trt.flavour import DEFAULT_FLAVOUR, Flavour, device_key, load_flavour
 from arl2rt.runtime.trt.loaders import CreateConfig, EngineBytes, NetworkFromOnnx, check_network_io, network_io
@@ -29,7 +30,6 @@ from arl2rt.runtime.trt.profiles import dim_ranges, profile_shapes
 
 Progress = Callable[[str], None]
 _STANDARD_DOMAINS = ("", "ai.onnx")
-PLUGIN_MODULE = "arl2rt.plugins.gdn.trt_plugin"
 
 
 def default_cache_dir() -> Path:
@@ -88,22 +88,6 @@ def custom_nodes(model: onnx.ModelProto) -> list[str]:
     return sorted(found)
 
 
-def plugin_digest() -> str:
-    """sha256 of everything the plugin's AOT kernels are made of: plugin sources and the Triton version."""
-    import triton
-
-    root = Path(__file__).resolve().parents[2] / "plugins"
-    h = hashlib.sha256(f"triton {triton.__version__}".encode())
-    for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode() + sha256_file(path).encode())
-    return h.hexdigest()
-
-
-def in_place_state() -> bool:
-    """``ARL2RT_TRT_INPLACE_STATE=1``: the plugins write the new state over the old (aliased plugin I/O)."""
-    return os.environ.get("ARL2RT_TRT_INPLACE_STATE", "0") == "1"
-
-
 @dataclass
 class BuildResult:
     entry: CacheEntry
@@ -142,7 +126,7 @@ def engine_key(
         "target": package.target,
         "precision": package.spec.dtype,
         "onnx": {g: graph_digest(package.graph_path(g), protos[g], known) for g in GRAPHS},
-        "plugin": {"sources": plugin_digest(), "in_place_state": in_place_state()}
+        "plugin": {"sources": plugin_sources_digest(), "in_place_state": trt_plugin_config().in_place_state}
         if package.target == "tensorrt"
         else None,
         "profiles": {
@@ -195,7 +179,7 @@ def build_engines(
                     f"{plugin_nodes}; export with --target portable"
                 )
     if package.target == "tensorrt":
-        __import__(PLUGIN_MODULE)  # registers the arl2 plugin creators the parser looks up
+        register_trt_plugins()  # the parser looks the plugin creators up; AOT plugins compile in aot_impl
     timing_path = None
     if flavour.name == "tensorrt":  # TensorRT-RTX has no timing cache (its calls are no-ops)
         timing_path = cache.timing_cache_path(flavour.name, flavour.version, key["device"]["compute_capability"])
