@@ -230,7 +230,6 @@ def layer_problems(src: Path) -> list[str]:
     return problems
 
 
-@pytest.mark.xfail(strict=True, reason="issue 13 in progress")
 def test_arl2rt_imports_run_only_downward_and_in_no_circle():
     problems = layer_problems(SRC)
     assert not problems, "import layering of arl2rt violated:\n" + "\n".join(problems)

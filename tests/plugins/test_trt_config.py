@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import arl2rt.plugins
-from arl2rt.plugins.gdn import trt_config
+from arl2rt.plugins.gdn import trt_register
 from arl2rt.plugins.gdn.trt_config import INPLACE_STATE_ENV, plugin_sources_digest, triton_version, trt_plugin_config
 
 SRC = Path(arl2rt.plugins.__file__).parents[2]
@@ -43,7 +43,7 @@ def test_in_place_state_is_off_unless_switched_on(fresh_config, monkeypatch):
 
 
 def test_registration_module_is_the_plugin_wrapper():
-    assert trt_config.REGISTRATION_MODULE == "arl2rt.plugins.gdn.trt_plugin"
+    assert trt_register.REGISTRATION_MODULE == "arl2rt.plugins.gdn.trt_plugin"
     assert (SRC / "arl2rt" / "plugins" / "gdn" / "trt_plugin.py").is_file()
 
 

@@ -27,7 +27,7 @@ import torch
 
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import GRAPHS, PER_PASS, StateSpec
-from arl2rt.plugins.gdn.trt_config import REGISTRATION_MODULE, register_trt_plugins
+from arl2rt.plugins.gdn.trt_register import REGISTRATION_MODULE, register_trt_plugins
 from arl2rt.runtime.backend import Backend
 from arl2rt.runtime.trt.build import build_engines, default_cache_dir, engine_key
 from arl2rt.runtime.trt.cache import read_entry

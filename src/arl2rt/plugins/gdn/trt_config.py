@@ -4,18 +4,17 @@
   state over the old, aliased plugin I/O, which needs the builder's ``ALIASED_PLUGIN_IO_10_03`` preview feature). The
   environment is read once, on the first call, and the answer holds for the rest of the process: the plugin
   descriptions registered with TensorRT and the engine cache key must agree.
-* :func:`register_trt_plugins` — imports :data:`REGISTRATION_MODULE`, which registers the plugin creators with
-  ``tensorrt.plugin``. A build needs it for every plugin node (``aot_impl`` runs then); running an engine needs it only
-  for the JIT plugin (``arl2::gdn_state_update``), whose kernels run in Python: AOT engines carry their kernels.
 * :func:`plugin_sources_digest` — the sha256 of the plugin package's sources and the installed Triton version, for the
   engine cache key (both change the kernels an engine is built with).
+
+Registering the plugins with TensorRT is :mod:`arl2rt.plugins.gdn.trt_register`'s job (the plugin module reads this
+one, so this one must not name it).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import importlib.metadata
 import importlib.resources
 import os
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
 
 INPLACE_STATE_ENV = "ARL2RT_TRT_INPLACE_STATE"
-REGISTRATION_MODULE = "arl2rt.plugins.gdn.trt_plugin"
 _SOURCES_PACKAGE = "arl2rt.plugins"  # the kernels, their plans, launchers and the plugin wrappers
 
 
@@ -41,11 +39,6 @@ class TrtPluginConfig:
 def trt_plugin_config() -> TrtPluginConfig:
     """The plugin configuration, read from the environment on the first call and fixed from then on."""
     return TrtPluginConfig(in_place_state=os.environ.get(INPLACE_STATE_ENV, "0") == "1")
-
-
-def register_trt_plugins() -> None:
-    """Register the arl2 plugin creators with TensorRT (imports ``tensorrt``, and Triton on the first kernel launch)."""
-    importlib.import_module(REGISTRATION_MODULE)
 
 
 def _python_files(folder: Traversable, prefix: str = "") -> list[tuple[str, Traversable]]:
@@ -74,10 +67,8 @@ def plugin_sources_digest() -> str:
 
 __all__ = [
     "INPLACE_STATE_ENV",
-    "REGISTRATION_MODULE",
     "TrtPluginConfig",
     "plugin_sources_digest",
-    "register_trt_plugins",
     "trt_plugin_config",
     "triton_version",
 ]

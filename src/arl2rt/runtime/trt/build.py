@@ -22,7 +22,8 @@ import arl2rt
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import GRAPHS
 from arl2rt.files import sha256_file
-from arl2rt.plugins.gdn.trt_config import plugin_sources_digest, register_trt_plugins, trt_plugin_config
+from arl2rt.plugins.gdn.trt_config import plugin_sources_digest, trt_plugin_config
+from arl2rt.plugins.gdn.trt_register import register_trt_plugins
 from arl2rt.runtime.trt.cache import CacheEntry, EngineCache
 from arl2rt.runtime.trt.flavour import DEFAULT_FLAVOUR, Flavour, device_key, load_flavour
 from arl2rt.runtime.trt.loaders import CreateConfig, EngineBytes, NetworkFromOnnx, check_network_io, network_io
