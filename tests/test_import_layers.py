@@ -27,8 +27,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 PACKAGE = "arl2rt"
 SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = {"errors": 0, "files": 0, "plugins": 1, "model": 2, "export": 3, "runtime": 4, "parity": 5, "cli": 6}
