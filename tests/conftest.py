@@ -1,4 +1,5 @@
-"""Shared fixtures: seeded tiny models and random (never zero) inputs; NaN-poisoned library allocations."""
+"""Shared fixtures: seeded tiny and micro models, random (never zero) inputs, the micro model's exports traced once
+per session (micro_packages.py); NaN-poisoned library allocations."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch.utils._device
 
 from arl2rt.model.config import PRESETS, ModelConfig
 from arl2rt.model.random import random_context, random_model
+from micro_packages import MICRO, MicroExports
 
 
 @pytest.fixture
@@ -25,6 +27,23 @@ def tiny_model(tiny_cfg):
 @pytest.fixture
 def tiny_context(tiny_cfg) -> torch.Tensor:
     return random_context(tiny_cfg, seed=3)
+
+
+@pytest.fixture(scope="session")
+def micro_model():
+    """Seed 0, as ``arl2rt parity --config`` builds it: packages of its weights pass the CLI's parity check."""
+    return random_model(MICRO, seed=0).eval()
+
+
+@pytest.fixture
+def micro_context() -> torch.Tensor:
+    return random_context(MICRO, seed=3)
+
+
+@pytest.fixture(scope="session")
+def micro_exports(micro_model, tmp_path_factory) -> MicroExports:
+    """The micro model's graphs and packages, each traced or built once per session (read-only: see its docstring)."""
+    return MicroExports(micro_model, tmp_path_factory.mktemp("micro-packages"))
 
 
 _EMPTY_FACTORIES = ("empty", "empty_like", "empty_strided")

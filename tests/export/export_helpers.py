@@ -1,4 +1,4 @@
-"""Helpers of the export tests: a micro config, a one-node GDN graph, realistic GDN inputs, the float64 oracle."""
+"""Helpers of the export tests: a one-node GDN graph, realistic GDN inputs, the float64 oracle."""
 
 from __future__ import annotations
 
@@ -10,10 +10,7 @@ import torch
 
 from arl2rt.plugins.gdn.naive import naive_recurrent_gated_delta_rule
 from arl2rt.plugins.gdn.plugin_spec import GDN_PLUGIN, register_onnx_schema
-from micro_configs import micro_config
 
-# The smallest model with both layer kinds: exporting it takes a fraction of what `tiny` takes on 2 cores.
-MICRO = micro_config("micro", latent_width=6, text_len=5, frames_per_block=2)
 GDN_INPUTS = ("k", "v", "g", "beta", "state")
 
 

@@ -20,7 +20,6 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton", reason="the AOT stage plan is the Triton kernels' plan")
 
 from export_helpers import (  # noqa: E402
-    MICRO,
     AotStageRefs,
     GdnStateUpdateRef,
     gdn_graph,
@@ -41,6 +40,7 @@ from arl2rt.export.passes.gdn_to_plugin import GdnToPluginPass  # noqa: E402
 from arl2rt.export.state_spec import StateSpec  # noqa: E402
 from arl2rt.export.targets import apply_target  # noqa: E402
 from arl2rt.plugins.gdn.plugin_spec import AOT_STAGE_PLUGINS  # noqa: E402
+from micro_packages import MICRO  # noqa: E402
 
 SPECS = {s.name: s for s in AOT_STAGE_PLUGINS}
 
@@ -133,14 +133,7 @@ def test_tensorrt_commit_step_runs_node_by_node_like_the_torch_step(micro_model,
         assert rel_err(g, w) < 1e-5
 
 
-def test_package_records_the_mode_and_load_checks_each_stage_node(tmp_path, micro_model, monkeypatch, _micro_exported):
-    from arl2rt.export import package as package_module
-
-    monkeypatch.setattr(  # the session's one export instead of tracing again
-        package_module,
-        "export_graph",
-        lambda m, s, g: ir.serde.deserialize_model(onnx.load_from_string(_micro_exported[g])),
-    )
+def test_package_records_the_mode_and_load_checks_each_stage_node(tmp_path, micro_model, fast_export):
     pkg = export_package(micro_model, tmp_path / "pkg", target="tensorrt")
     manifest = json.loads((pkg.root / "manifest.json").read_text())
     assert manifest["trt_plugin"] == "aot" and pkg.plugin_mode == "aot"

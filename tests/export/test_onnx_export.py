@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from export_helpers import MICRO, op_types
+from export_helpers import op_types
 
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.onnx_export import EXPORT_OPSET, export_graph
@@ -12,6 +12,7 @@ from arl2rt.export.passes.state_io import onnx_dtype
 from arl2rt.export.state_spec import StateSpec
 from arl2rt.export.steps import step_modules
 from arl2rt.model.random import random_model
+from micro_packages import MICRO
 
 
 def test_graph_io_is_the_state_contract(micro_graphs):
@@ -40,7 +41,7 @@ def test_exporting_leaves_the_model_usable_eagerly(micro_model, micro_graphs):
         torch.tensor(2) if s.dtype == "int64" else torch.randn(s.resolve(batch=1, past_len=6), generator=gen)
         for s in spec.step_inputs()
     ]
-    fresh = step_modules(random_model(MICRO, seed=1).eval(), spec)["denoise_step"]  # the fixture's weights
+    fresh = step_modules(random_model(MICRO, seed=0).eval(), spec)["denoise_step"]  # the fixture's weights
     with torch.inference_mode():
         assert torch.equal(module(*feeds), fresh(*feeds))
 

@@ -5,31 +5,20 @@ from __future__ import annotations
 import json
 
 import onnx
-import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from export_helpers import MICRO
 
 from arl2rt.errors import Arl2rtError
 from arl2rt.export import package as package_module
 from arl2rt.export.package import GRAPH_FILES, MANIFEST_NAME, WEIGHTS_NAME, ModelPackage, export_package
 from arl2rt.files import sha256_file
+from micro_packages import MICRO
 
 
 @pytest.fixture
-def fast_export(monkeypatch, _micro_exported):
-    """export_package with tracing replaced by copies of the session's one export (the rest runs for real)."""
-
-    def exported(model, spec, graph):
-        assert spec.dtype == "float32", "the session export is fp32"
-        return ir.serde.deserialize_model(onnx.load_from_string(_micro_exported[graph]))
-
-    monkeypatch.setattr(package_module, "export_graph", exported)
-
-
-@pytest.fixture
-def package_dir(tmp_path, fast_export, micro_model):
-    return export_package(micro_model, tmp_path / "pkg", target="portable").root
+def package_dir(tmp_path, micro_exports):
+    """A writable copy of the session's portable package: these tests damage it."""
+    return micro_exports.copy_package("portable", tmp_path / "pkg").root
 
 
 def _rewrite_manifest(root, edit) -> None:
@@ -89,7 +78,7 @@ def test_a_failed_export_leaves_nothing_behind(tmp_path, fast_export, micro_mode
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_existing_package_is_replaced_only_when_asked(package_dir, micro_model):
+def test_an_existing_package_is_replaced_only_when_asked(package_dir, fast_export, micro_model):
     before = (package_dir / MANIFEST_NAME).read_text()
     with pytest.raises(Arl2rtError, match="a package already exists"):
         export_package(micro_model, package_dir, target="tensorrt")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import onnx_ir as ir
 import pytest
-from export_helpers import MICRO
 
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.passes.state_io import StateIOPass
 from arl2rt.export.state_spec import StateSpec
+from micro_packages import MICRO
 
 
 def test_the_export_already_conforms(micro_graphs):

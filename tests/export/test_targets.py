@@ -3,22 +3,19 @@ passes the checker, carries exact plugin nodes and computes the same with a refe
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import onnx
-import onnx_ir as ir
 import pytest
 import torch
-from export_helpers import MICRO, GdnStateUpdateRef, op_types, rel_err, run_ort, to_proto
+from export_helpers import GdnStateUpdateRef, op_types, rel_err, run_ort, to_proto
 from onnx.reference import ReferenceEvaluator
 
 from arl2rt.errors import Arl2rtError
-from arl2rt.export.onnx_export import export_graph
 from arl2rt.export.state_spec import GRAPHS, StateSpec
 from arl2rt.export.steps import step_modules
 from arl2rt.export.targets import TENSORRT_FORBIDDEN, apply_target, get_target
 from arl2rt.plugins.gdn.plugin_spec import GDN_PLUGIN
+from micro_packages import MICRO
 
 PAST_LENS = (0, 2 * MICRO.tokens_per_block)  # the first block has no past; later ones do
 REWRITE = {"onnxruntime": "GdnToLinearAttentionPass", "portable": "GdnDecomposePass", "tensorrt": "GdnToPluginPass"}
@@ -91,22 +88,12 @@ def test_opsets_outside_a_targets_range_are_refused():
         get_target("tvm")
 
 
-@pytest.fixture(scope="module")
-def half_commit_steps(micro_model) -> dict[str, bytes]:
-    """commit_step exported with float16 and with bfloat16 activations (GDN states stay float32)."""
-    exported = {}
-    for dtype in ("float16", "bfloat16"):
-        spec = StateSpec(MICRO, dtype)
-        model = copy.deepcopy(micro_model).to(spec.config_dtype)
-        exported[dtype] = ir.serde.serialize_model(export_graph(model, spec, "commit_step")).SerializeToString()
-    return exported
-
-
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("target", ["onnxruntime", "portable", "tensorrt"])
-def test_16_bit_activations_give_valid_graphs_with_float32_states(half_commit_steps, micro_model, dtype, target):
+def test_16_bit_activations_give_valid_graphs_with_float32_states(micro_exports, micro_model, dtype, target):
+    """commit_step exported with float16 and with bfloat16 activations (GDN states stay float32)."""
     spec = StateSpec(MICRO, dtype)
-    model = ir.serde.deserialize_model(onnx.load_from_string(half_commit_steps[dtype]))
+    model = micro_exports.graph("commit_step", dtype)
     counts = apply_target(model, spec, "commit_step", target)
     assert (counts["LegalizeTypesPass"] > 0) == (dtype == "bfloat16")  # bfloat16 Einsum (and Conv below opset 22)
     proto = to_proto(model)

@@ -1,6 +1,6 @@
 """An exported package on onnxruntime against the float64 torch reference: 16 blocks within fp32 tolerances, the
 polygraphy hand-off accepted by ``polygraphy run --onnxrt`` (and refused once a golden output is perturbed), and the
-``--package`` path of the CLI. One small model is exported once for the module (the export dominates the time)."""
+``--package`` path of the CLI, all on the session's onnxruntime package of the micro model (micro_packages.py)."""
 
 from __future__ import annotations
 
@@ -15,27 +15,19 @@ import pytest
 from typer.testing import CliRunner
 
 from arl2rt.cli.main import app
-from arl2rt.export.package import export_package
-from arl2rt.model.random import random_context, random_model
+from arl2rt.model.random import random_context
 from arl2rt.parity.check import check_parity
-from micro_configs import micro_config
-
-# Both layer kinds, every state kind, 16 tokens per block: a block costs milliseconds.
-SMALL = micro_config("parity-small")
+from micro_packages import MICRO
 
 
-@pytest.fixture(scope="module")
-def model():
-    return random_model(SMALL, seed=0)
+@pytest.fixture
+def package(micro_exports):
+    """Both layer kinds, every state kind, 12 tokens per block: a block costs milliseconds."""
+    return micro_exports.package("onnxruntime")
 
 
-@pytest.fixture(scope="module")
-def package(model, tmp_path_factory):
-    return export_package(model, tmp_path_factory.mktemp("pkg") / "small-ort", target="onnxruntime")
-
-
-def test_sixteen_blocks_within_fp32_tolerances(model, package):
-    report = check_parity(model, random_context(SMALL, 0), package=package.root, blocks=16, seed=0)
+def test_sixteen_blocks_within_fp32_tolerances(micro_model, package):
+    report = check_parity(micro_model, random_context(MICRO, 0), package=package.root, blocks=16, seed=0)
     result = report.result
     assert result.passed, result.first_failure()
     assert result.candidate.startswith("onnxruntime onnxruntime float32")
@@ -57,11 +49,17 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=300)
 
 
-def test_polygraphy_accepts_the_handoff_and_catches_a_wrong_golden(model, package, tmp_path):
+def test_polygraphy_accepts_the_handoff_and_catches_a_wrong_golden(micro_model, package, tmp_path):
     exe = _polygraphy()
     out = tmp_path / "pg"
     report = check_parity(
-        model, random_context(SMALL, 0), package=package.root, blocks=2, seed=0, modes=("drift",), save_polygraphy=out
+        micro_model,
+        random_context(MICRO, 0),
+        package=package.root,
+        blocks=2,
+        seed=0,
+        modes=("drift",),
+        save_polygraphy=out,
     )
     commands = json.loads((out / "commands.json").read_text())
     assert commands == report.polygraphy and set(commands) == {"encode_context", "denoise_step", "commit_step"}
@@ -87,8 +85,8 @@ def test_polygraphy_accepts_the_handoff_and_catches_a_wrong_golden(model, packag
 
 
 def test_cli_runs_a_given_package(package, tmp_path):
-    config = tmp_path / "small.json"
-    config.write_text(json.dumps(SMALL.to_dict()))
+    config = tmp_path / "micro.json"
+    config.write_text(json.dumps(MICRO.to_dict()))
     args = ["parity", "--config", str(config), "--package", str(package.root), "--blocks", "2", "--json"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output

@@ -1,6 +1,6 @@
 """`arl2rt build --flavour tensorrt-rtx` on a CPU-only machine: TensorRT's ONNX parser and builder, for real.
 
-TensorRT-RTX builds engines without a GPU, so CI proves here that the tiny config's ``portable`` package parses into
+TensorRT-RTX builds engines without a GPU, so CI proves here that the micro config's ``portable`` package parses into
 networks whose inputs and outputs are exactly the StateSpec (names, shapes with their dynamic dims, dtypes) and builds
 with the optimization profile; and it exercises the engine cache (hit, miss, corruption -> rebuild) with real engines.
 The engines cannot run here (no GPU) nor on the H200 (TensorRT-RTX does not run on compute capability 9.0).
@@ -20,21 +20,12 @@ from typer.testing import CliRunner
 
 from arl2rt.cli.main import app
 from arl2rt.errors import Arl2rtError
-from arl2rt.export.package import export_package
 from arl2rt.export.state_spec import GRAPHS
-from arl2rt.model.random import random_model
 from arl2rt.runtime.trt.build import build_engines
 from arl2rt.runtime.trt.flavour import FLAVOURS, Flavour, device_key, load_flavour, rtx_capabilities
 from arl2rt.runtime.trt.loaders import NetworkFromOnnx, expected_io, network_io
 
 trt_rtx = pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx is not installed (pip install tensorrt-rtx)")
-
-
-@pytest.fixture(scope="module")
-def tiny_portable(tmp_path_factory):
-    from arl2rt.model.config import PRESETS
-
-    return export_package(random_model(PRESETS["tiny"]), tmp_path_factory.mktemp("pkg") / "tiny", target="portable")
 
 
 @pytest.fixture
@@ -51,17 +42,18 @@ def _build(package, cache, *extra):
     return json.loads(result.stdout[result.stdout.index("{") :])
 
 
-def test_tiny_portable_package_parses_to_the_state_contract_and_builds(tiny_portable, tmp_path):
+def test_micro_portable_package_parses_to_the_state_contract_and_builds(micro_exports, tmp_path):
+    micro_portable = micro_exports.package("portable")
     flavour = load_flavour("tensorrt-rtx")
     for graph in GRAPHS:
-        parsed = NetworkFromOnnx(flavour, tiny_portable.graph_path(graph))()
-        assert network_io(parsed.network) == expected_io(tiny_portable.spec, graph), graph
-    built = _build(tiny_portable.root, tmp_path / "cache")
+        parsed = NetworkFromOnnx(flavour, micro_portable.graph_path(graph))()
+        assert network_io(parsed.network) == expected_io(micro_portable.spec, graph), graph
+    built = _build(micro_portable.root, tmp_path / "cache")
     assert built["status"] == "built" and set(built["engines"]) == set(GRAPHS)
     assert all(e["bytes"] > 0 for e in built["engines"].values())
     assert built["key"]["device"] == {"rtx_targets": "default", "build_gpu": None}
-    assert built["key"]["profiles"]["denoise_step"]["past_key.3"] == [[1, 0, 4, 16], [1, 144, 4, 16], [1, 288, 4, 16]]
-    assert _build(tiny_portable.root, tmp_path / "cache")["status"] == "hit"
+    assert built["key"]["profiles"]["denoise_step"]["past_key.1"] == [[1, 0, 2, 16], [1, 48, 2, 16], [1, 108, 2, 16]]
+    assert _build(micro_portable.root, tmp_path / "cache")["status"] == "hit"
 
 
 def test_cache_hit_miss_and_corruption_with_real_engines(toy, tmp_path):

@@ -85,42 +85,38 @@ def _tensorrt_missing() -> str | None:
 needs_tensorrt = pytest.mark.skipif(_tensorrt_missing() is not None, reason=str(_tensorrt_missing()))
 
 
-@pytest.fixture(scope="module")
-def tiny_tensorrt_package(tmp_path_factory):
-    from arl2rt.export.package import export_package
-    from arl2rt.model.random import random_model
-
-    return export_package(
-        random_model(PRESETS["tiny"]), tmp_path_factory.mktemp("pkg") / "tiny", target="tensorrt", dtype="float32"
-    )
+@pytest.fixture
+def micro_tensorrt_package(micro_exports):
+    return micro_exports.package("tensorrt")
 
 
 @needs_tensorrt
-def test_stream_matches_the_torch_backend(tiny_tensorrt_package, tiny_context, tmp_path):
+def test_stream_matches_the_torch_backend(micro_tensorrt_package, micro_context, tmp_path):
     from arl2rt.model.random import random_model
     from arl2rt.parity.compare import Tolerances
     from arl2rt.parity.runner import run_parity
     from arl2rt.runtime.torch_backend import TorchBackend
+    from micro_packages import MICRO
 
-    model = random_model(PRESETS["tiny"])
-    ref = TorchBackend(model, StateSpec(PRESETS["tiny"], "float64"), "cuda")
-    cand = TensorRTBackend(tiny_tensorrt_package, cache_dir=tmp_path)
+    model = random_model(MICRO)  # the package's weights; TorchBackend casts it in place
+    ref = TorchBackend(model, StateSpec(MICRO, "float64"), "cuda")
+    cand = TensorRTBackend(micro_tensorrt_package, cache_dir=tmp_path)
     with ref, cand:
         result, _ = run_parity(
-            ref, cand, tiny_context.cuda(), blocks=4, seed=1, tolerances=Tolerances.for_dtype("float32")
+            ref, cand, micro_context.cuda(), blocks=4, seed=1, tolerances=Tolerances.for_dtype("float32")
         )
     assert result.passed, result.first_failure()
 
 
 @needs_tensorrt
-def test_ping_pong_and_graph_replay(tiny_tensorrt_package, tiny_context, tmp_path):
+def test_ping_pong_and_graph_replay(micro_tensorrt_package, micro_context, tmp_path):
     from arl2rt.runtime.streamer import Streamer
 
     outputs = {}
     for graphs in (False, True):
-        with TensorRTBackend(tiny_tensorrt_package, cache_dir=tmp_path, cuda_graphs=graphs) as be:
+        with TensorRTBackend(micro_tensorrt_package, cache_dir=tmp_path, cuda_graphs=graphs) as be:
             streamer = Streamer(be, seed=0)
-            streamer.start(tiny_context.cuda())
+            streamer.start(micro_context.cuda())
             blocks, pointers = [], []
             for _ in range(3):
                 blocks.append(streamer.next_block())
@@ -132,10 +128,10 @@ def test_ping_pong_and_graph_replay(tiny_tensorrt_package, tiny_context, tmp_pat
 
 
 @needs_tensorrt
-def test_engines_of_another_setup_are_refused(tiny_tensorrt_package, tmp_path):
+def test_engines_of_another_setup_are_refused(micro_tensorrt_package, tmp_path):
     from arl2rt.runtime.trt.build import build_engines
 
-    entry = build_engines(tiny_tensorrt_package, cache_dir=tmp_path, max_frames=9).entry
+    entry = build_engines(micro_tensorrt_package, cache_dir=tmp_path, max_frames=9).entry
     with pytest.raises(Arl2rtError, match="engines built for another setup"):
-        with TensorRTBackend(tiny_tensorrt_package, engine_dir=entry.path, max_frames=21):
+        with TensorRTBackend(micro_tensorrt_package, engine_dir=entry.path, max_frames=21):
             pass
