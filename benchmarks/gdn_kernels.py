@@ -29,7 +29,7 @@ D = 128  # head dim (K = V), H = 12 heads: Wan2.1-1.3B
 SHAPES = [(b, t) for t in (1560, 4680, 9360) for b in (1, 2)]
 HAVE_FLA = False
 FLA = None
-COPY_TBPS = 4.27  # measured device-to-device copy ceiling (shared/research/perf-anchors.md §3)
+COPY_TBPS = 4.27  # measured device-to-device copy ceiling (docs/performance.md §1)
 GEMM_TFLOPS = 811.0  # measured bf16 GEMM ceiling
 
 

@@ -35,7 +35,7 @@ What one run measures (the definitions are repeated in the markdown):
 * Breakdown: each component timed alone at the block's shapes (one CUDA graph per component, rotating input sets
   where they are small enough to sit in L2, CUDA events), times its calls per block; "rest" = block minus their sum
   (norms, RoPE, modulation, gates, casts, the K/V append, launch gaps; negative if the components ran slower alone).
-* Compute floor (shared/research/perf-anchors.md §6.5): 2 x per-token weights x tokens for every linear map (incl.
+* Compute floor (docs/performance.md §2): 2 x per-token weights x tokens for every linear map (incl.
   LoRA factors, phi maps, gate projections, patch embedding, head), 4 Sq Skv d H for each attention, 2 T H d^2 for the
   GDN read and T H (4 d^2 + 6 C d) (C = 64) for the state-only GDN write, at 989 TFLOP/s (dense bf16 H100/H200 spec).
 * Complete runs: ``Streamer.next_block`` (the user-facing loop, eager, no CUDA graphs) from an empty stream to

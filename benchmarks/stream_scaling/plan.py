@@ -18,11 +18,11 @@ from benchmarks._harness import git_commit
 
 MIXES = ("baseline", "arl2-75", "arl2-50", "all-hybrid")
 LABELS = {"baseline": "baseline", "arl2-75": "ARL2-75 %", "arl2-50": "ARL2-50 %", "all-hybrid": "all-hybrid"}
-PEAK_TFLOPS = 989.0  # dense bf16, H100/H200 spec sheets (perf-anchors.md §6.1)
+PEAK_TFLOPS = 989.0  # dense bf16, H100/H200 spec sheets (docs/performance.md §1)
 GIB = 2**30
 
 # Cost model of --estimate (a guess to size the run, not a measurement): GEMMs and attention at the rates measured
-# alone on the H200 (perf-anchors.md §3: 690-760 and 516-551 TFLOP/s), elementwise work per layer and pass, CUDA-graph
+# alone on the H200 (docs/performance.md §1: 690-760 and 516-551 TFLOP/s), elementwise work per layer and pass, CUDA-graph
 # capture per position, a cuDNN plan per new key length in an eager run, model builds, start-up.
 EST_LINEAR_TFLOPS = 700.0
 EST_ATTENTION_TFLOPS = 520.0

@@ -9,7 +9,7 @@ from arl2rt.model.config import ModelConfig
 from arl2rt.plugins.gdn.constants import CHUNK_SIZE
 from benchmarks.stream_scaling.plan import LABELS, MIXES, PEAK_TFLOPS, breakdown_ms, span, video_frames
 
-# The issue's anchors (issue 8; ARL2 project page; perf-anchors.md §0, §5)
+# The issue's anchors (issue 8; ARL2 project page; docs/performance.md §4)
 PAPER = {
     "speedup_231": 2.26,
     "memory_cut_231": 0.54,
@@ -326,7 +326,7 @@ def definitions(configs: dict[str, dict]) -> list[str]:
         "`torch.ops.arl2.gdn_state_update` (Triton on CUDA), GDN read = `plugins/gdn/read.py` (Triton on CUDA).",
         "Peak memory = `torch.cuda.max_memory_allocated` over the block after a reset, with weights, text K/V, caches "
         "and states resident. Resident = those bytes alone.",
-        "Compute floor (perf-anchors.md §6.5): 2 x per-token weights x tokens (all linear maps), 4·Sq·Skv·d·H per "
+        "Compute floor (docs/performance.md §2): 2 x per-token weights x tokens (all linear maps), 4·Sq·Skv·d·H per "
         f"attention, 2·T·H·d² GDN read, T·H·(4d² + 6·{CHUNK_SIZE}·d) GDN write, at {PEAK_TFLOPS:.0f} TFLOP/s "
         "(dense bf16 spec).",
         "Breakdown: components alone at the block's shapes; rest = block - their sum (norms, RoPE, modulation, gates, "

@@ -102,7 +102,7 @@ def test_smoke_complete_runs_and_report(smoke):
 
 
 def test_compute_floor_reproduces_the_perf_anchors():
-    """perf-anchors.md §6.5: ≈202 TFLOP per block for the all-softmax model with a 21-frame window, ≈81 all-hybrid."""
+    """docs/performance.md §2: ≈202 TFLOP per block for the all-softmax model with a 21-frame window, ≈81 all-hybrid."""
     plan = _load("plan")
     mixes = plan.layer_mixes(PRESETS["wan2.1-t2v-1.3b"])
     assert mixes["arl2-75"].hybrid_layers == tuple(range(22)) and mixes["arl2-50"].hybrid_layers == tuple(range(15))

@@ -50,7 +50,7 @@ def test_graph_grows_with_log_of_the_block_length():
 
 
 def test_doubling_inverse_is_accurate_where_the_nilpotent_product_is_not():
-    """Why the pass does not use ARL2-SPEC.md §3's (I-N)(I+N^2)(I+N^4)...: with correlated keys the powers of N
+    """Why the pass does not use docs/arl2.md §3.3's (I-N)(I+N^2)(I+N^4)...: with correlated keys the powers of N
     grow to ~1e12 in fp32 while (I+N)^-1 itself stays O(1)."""
     c = 64
     x = gdn_inputs(1, c, 1, 16, 8, seed=1)

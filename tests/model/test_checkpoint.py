@@ -1,4 +1,4 @@
-"""Checkpoint loading on synthetic checkpoints with the real upstream key names (ARL2-SPEC.md §7), at tiny sizes.
+"""Checkpoint loading on synthetic checkpoints with the real upstream key names (docs/arl2.md §7), at tiny sizes.
 
 The synthetic ARL2 checkpoint is built from a reference CausalDiT in upstream form: keys under ``model.`` with FSDP
 wrapper names, random (trained-like) memory-path LoRA factors, and the FFN as ``LoRALinear``. Loaded models are

@@ -1,4 +1,4 @@
-"""Parameter count of the wan2.1-t2v-1.3b preset, from the architecture (ARL2-SPEC.md §1, §2, §7), on ``meta``.
+"""Parameter count of the wan2.1-t2v-1.3b preset, from the architecture (docs/arl2.md §1, §2, §7), on ``meta``.
 
 Three ways to hold the ARL2 parameters are counted (``pytest -s`` prints them):
 * upstream (ARL2 checkpoints): gates, phi maps, memory-path LoRA and FFN LoRA factors (rank 16);

@@ -2,7 +2,7 @@
 
 ``torch.onnx.export(..., dynamo=True)`` traces :mod:`arl2rt.export.steps` (the modules the torch backend runs) at
 :data:`EXPORT_OPSET`, where attention is still MatMul/Softmax (no opset-23 ``Attention`` node, which TensorRT cannot
-build in fp32: shared/research/export-notes.md §3). The GDN write, ``torch.ops.arl2.gdn_state_update``, becomes one
+build in fp32: docs/targets.md §1). The GDN write, ``torch.ops.arl2.gdn_state_update``, becomes one
 ``arl2::gdn_state_update`` node through a ``custom_translation_table``; the target passes then rewrite that node.
 Batch and the softmax layers' past length are dynamic (``past_len`` may be 0: the first block has no past).
 """

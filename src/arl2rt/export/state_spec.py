@@ -1,6 +1,6 @@
 """The state contract: every tensor that crosses a step boundary, written once and read by exporter, backends, parity.
 
-Three graphs make one AR block (DESIGN.md "The state contract"):
+Three graphs make one AR block (docs/state-contract.md §1):
 
 * ``encode_context``: ``context`` -> ``context_key.{i}``, ``context_value.{i}`` for every layer (once per prompt);
 * ``denoise_step``: latents, timestep, frame offset, context K/V, ``past_state.{i}`` (hybrid layers) and

@@ -35,7 +35,7 @@ from arl2rt.export.passes.state_io import StateIOPass
 from arl2rt.export.state_spec import StateSpec
 from arl2rt.plugins.gdn.plugin_spec import AOT_STAGE_PLUGINS, GDN_PLUGIN, PluginSpec
 
-# Opset-23+ ops TensorRT cannot build as we need them (shared/research/export-notes.md §3).
+# Opset-23+ ops TensorRT cannot build as we need them (docs/targets.md §1).
 TENSORRT_FORBIDDEN = ("Attention", "RMSNormalization")
 MAX_ONNX_OPSET = 28  # the newest default-domain opset onnx 1.23 knows
 # tensorrt plugin mode -> the plugins its graphs use

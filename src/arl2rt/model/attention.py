@@ -71,7 +71,7 @@ class SoftmaxSelfAttention(_QKV):
 
 
 class HybridSelfAttention(_QKV):
-    """ARL2 hybrid attention (ARL2-SPEC.md §2): intra-block softmax + block-level read of a Gated DeltaNet state.
+    """ARL2 hybrid attention (docs/arl2.md §2): intra-block softmax + block-level read of a Gated DeltaNet state.
 
     The memory path shares the q/k/v projections with the softmax branch and adds a rank-r LoRA delta
     (``W x + b + scale * x A B``), kept unmerged with upstream's names (``lora_q_A [dim, r]``, ``lora_q_B [r, dim]``):

@@ -1,6 +1,6 @@
 """Checkpoints in and out: Causal Forcing / ARL2 torch checkpoints, Wan base safetensors, and our own safetensors.
 
-Every source is turned into the DEPLOYMENT form of :class:`~arl2rt.model.dit.CausalDiT` (ARL2-SPEC.md §7):
+Every source is turned into the DEPLOYMENT form of :class:`~arl2rt.model.dit.CausalDiT` (docs/arl2.md §7):
 
 * Causal Forcing / ARL2 checkpoints are ``torch.save`` pickles holding ``generator`` or ``generator_ema`` (the EMA
   weights, ``use_ema``), keys under ``model.``, possibly wrapped by FSDP / activation checkpointing / torch.compile.

@@ -14,7 +14,7 @@ SAMPLERS = ("renoise", "euler")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape of a Wan2.1-style causal DiT with ARL2 hybrid layers (ARL2-SPEC.md §1)."""
+    """Shape of a Wan2.1-style causal DiT with ARL2 hybrid layers (docs/arl2.md §1)."""
 
     name: str
     dim: int

@@ -56,14 +56,14 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
 
 
 def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """``x / sqrt(sum(x^2) + eps)`` over the last axis (ARL2-SPEC.md §5), computed in fp32 or float64."""
+    """``x / sqrt(sum(x^2) + eps)`` over the last axis (docs/arl2.md §5), computed in fp32 or float64."""
     xf = x.to(accum_dtype(x.dtype))
     return (xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 @fused
 def rope_l2norm(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """``l2norm(apply_rope(x))``: the memory path's q̂ and k̂ (ARL2-SPEC.md §5)."""
+    """``l2norm(apply_rope(x))``: the memory path's q̂ and k̂ (docs/arl2.md §2)."""
     return l2norm(apply_rope(x, cos, sin))
 
 

@@ -1,4 +1,4 @@
-"""Flow-matching sampler of the AR loop: shifted sigmas, the block's timesteps, x0 and re-noising (ARL2-SPEC.md §4)."""
+"""Flow-matching sampler of the AR loop: shifted sigmas, the block's timesteps, x0 and re-noising (docs/arl2.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Streamer: the one AR loop (ARL2-SPEC.md §4) that drives any Backend, block after block.
+"""The Streamer: the one AR loop (docs/arl2.md §4) that drives any Backend, block after block.
 
 Per block: fresh noise, the denoising passes (``denoise_step``, states read only, re-noising with fresh seeded noise
 between them), then the clean t = 0 pass (``commit_step``) whose outputs the StateStore binds as the next states.

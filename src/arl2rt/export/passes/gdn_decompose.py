@@ -1,10 +1,10 @@
 """``portable`` target: the GDN write decomposed into standard ONNX ops only, with no loop.
 
-Cases: every ``arl2::gdn_state_update`` node (static T, H, K, V; any batch). The chunked form of ARL2-SPEC.md §3 with
+Cases: every ``arl2::gdn_state_update`` node (static T, H, K, V; any batch). The chunked form of docs/arl2.md §3.2 with
 chunk C (a power of two): tokens are zero-padded to a multiple of C (decay 0, beta 0: a padded token leaves the state
 unchanged) and all chunks are solved at once. ``T = (I + N)^-1`` is built by doubling the diagonal blocks it has
 inverted, ``X_2s = X_s - X_s (N * L_s) X_s`` with ``L_s`` the lower-left s x s block of every 2s x 2s diagonal block
-(``log2 C`` levels). The nilpotent product ``(I - N)(I + N^2)(I + N^4)...`` of ARL2-SPEC.md §3 is exact in exact
+(``log2 C`` levels). The nilpotent product ``(I - N)(I + N^2)(I + N^4)...`` of docs/arl2.md §3.3 is exact in exact
 arithmetic but not in fp32: with correlated keys the powers of N reach 1e12 while T stays near 1 (measured; see the
 test), so it is not used. A chunk then acts on the state as ``S' = M S + b`` with ``M = gamma_n I - K~^T W`` and
 ``b = K~^T U``; the chunks' maps are composed pairwise in ``ceil(log2 n)`` levels, so the graph grows with the log of

@@ -1,7 +1,7 @@
 """``onnxruntime`` target: the GDN write becomes the standard ONNX ``LinearAttention`` (opset 27, gated delta rule).
 
 Cases: every ``arl2::gdn_state_update`` node. ``LinearAttention`` takes packed ``[B, T, H*D]`` query/key/value and
-one element type for them and for decay/beta; our decay and beta are fp32 (ARL2-SPEC.md §5), so 16-bit key/value are
+one element type for them and for decay/beta; our decay and beta are fp32 (docs/arl2.md §5), so 16-bit key/value are
 cast to the state's fp32 first. The op also computes per-token outputs, which ARL2 does not use: the key stands in
 for the query and the output is left unconsumed. Requires a default-domain opset >= 27 (run RaiseOpsetPass first).
 """

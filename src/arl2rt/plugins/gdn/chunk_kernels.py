@@ -1,4 +1,4 @@
-"""Triton kernels of the chunked gated delta rule (ARL2-SPEC.md §3; ONNX ``LinearAttention`` with ``gated_delta``).
+"""Triton kernels of the chunked gated delta rule (docs/arl2.md §3; ONNX ``LinearAttention`` with ``gated_delta``).
 
 Layout as in :mod:`arl2rt.plugins.gdn.naive`: q, k ``[B,T,H,K]``, v ``[B,T,H,V]`` (bf16, fp16 or fp32, one dtype),
 g (log decay, ≤ 0) and beta ``[B,T,H]`` fp32, states ``[B,H,K,V]`` fp32. Chunk C = ``CHUNK_SIZE`` (64); any T (the

@@ -1,4 +1,4 @@
-"""Pure-torch references for the gated delta rule (ARL2-SPEC.md §3), beside the Triton kernels they check.
+"""Pure-torch references for the gated delta rule (docs/arl2.md §3), beside the Triton kernels they check.
 
 Layout follows flash-linear-attention and ONNX ``LinearAttention``: q, k ``[B, T, H, K]``, v ``[B, T, H, V]``,
 g (log decay, <= 0) and beta ``[B, T, H]``, state ``[B, H, K, V]``. Per token and head::

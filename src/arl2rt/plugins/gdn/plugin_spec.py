@@ -4,7 +4,7 @@ The exporter's ``tensorrt`` target writes nodes from this description, the check
 TensorRT plugin registers itself with the same names (``tensorrt.plugin.register(PLUGIN.qualified_name)``, one
 keyword argument per entry of ``fields``). TensorRT's ONNX parser finds the plugin creator named ``op_type`` in
 ``plugin_namespace`` (also the node's domain) at ``plugin_version``, and hands over only the attributes the creator
-declares, converting ONNX INT to INT32 (shared/research/trt-ecosystem.md §2.1): so fields are ints, floats or strings.
+declares, converting ONNX INT to INT32 (docs/targets.md §3): so fields are ints, floats or strings.
 """
 
 from __future__ import annotations
