@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +37,7 @@ from safetensors.torch import save_file
 from arl2rt.errors import Arl2rtError
 from arl2rt.model.config import ModelConfig
 from arl2rt.model.dit import CausalDiT, DiTBlock
+from arl2rt.model.torch_files import load_torch_file
 
 TORCH_SUFFIXES = (".pt", ".pth")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -164,23 +163,7 @@ def _pick_in_dir(folder: Path) -> Path:
 
 
 def _read_torch(path: Path, use_ema: bool) -> dict:
-    # mmap avoids holding a second copy of every weight; only zip-format (torch >= 1.6) files support it.
-    mmap = zipfile.is_zipfile(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if found:
-            raise Arl2rtError(
-                f"checkpoint {path}: refused: it pickles a Python object of type {found.group(1)}, and arl2rt only "
-                "loads tensors and plain containers (torch.load weights_only=True), since unpickling objects can "
-                "run code; re-save only the state dicts, e.g. torch.save({'generator': sd}, path)"
-            ) from None
-        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise Arl2rtError(
-            f"checkpoint {path}: cannot be read by torch.load(weights_only=True); expected a torch checkpoint of "
-            f"tensors ({type(exc).__name__}: {detail})"
-        ) from None
+    obj = load_torch_file(path, "checkpoint", "a torch checkpoint of tensors")
     if not isinstance(obj, dict):
         raise Arl2rtError(f"checkpoint {path}: expected a dict of state dicts, found {type(obj).__name__}")
     want, other = ("generator_ema", "generator") if use_ema else ("generator", "generator_ema")

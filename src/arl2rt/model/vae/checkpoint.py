@@ -8,7 +8,6 @@ mis-shaped keys) is reported together in one :class:`Arl2rtError`.
 
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from arl2rt.errors import Arl2rtError
+from arl2rt.model.torch_files import load_torch_file
 from arl2rt.model.vae.config import VaeConfig
 from arl2rt.model.vae.decoder import WanVaeDecoder
 from arl2rt.model.vae.keys import DIFFUSERS, ENCODER_PREFIXES, LAYOUTS, ORIGINAL, key_table
@@ -59,18 +59,14 @@ def read_tensors(path: str | Path) -> tuple[str, dict[str, torch.Tensor]]:
             f"VAE checkpoint {path}: unknown file type; expected {SAFETENSORS_SUFFIX}, {', '.join(TORCH_SUFFIXES)} "
             "or a directory holding one"
         )
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError... for files that are not plain tensors
-        raise Arl2rtError(
-            f"VAE checkpoint {path}: cannot be read by torch.load(weights_only=True); expected a state dict of "
-            f"tensors ({type(exc).__name__})"
-        ) from None
+    obj = load_torch_file(path, "VAE checkpoint", "a state dict of tensors")
     if not isinstance(obj, dict):
         raise Arl2rtError(f"VAE checkpoint {path}: expected a flat state dict of tensors, found {type(obj).__name__}")
     others = sorted({type(v).__name__ for v in obj.values() if not isinstance(v, torch.Tensor)})
     if others:
-        raise Arl2rtError(f"VAE checkpoint {path}: expected a flat state dict of tensors, found values of type {others}")
+        raise Arl2rtError(
+            f"VAE checkpoint {path}: expected a flat state dict of tensors, found values of type {others}"
+        )
     return str(path), obj
 
 
