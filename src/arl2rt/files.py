@@ -1,8 +1,10 @@
-"""What a user keeps on disk (packages, engines, session snapshots): the content record of a file and its check."""
+"""What a user keeps on disk (packages, engines, session snapshots): the content record of a file and its check, and
+the digest a JSON record keeps of itself."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from arl2rt.errors import Arl2rtError
@@ -31,3 +33,9 @@ def check_file(path: Path, record: dict) -> None:
     digest = sha256_file(path)
     if digest != record["sha256"]:
         raise Arl2rtError(f"{path}: expected sha256 {record['sha256']}, found {digest} (modified?)")
+
+
+def record_digest(record: dict, field: str) -> str:
+    """sha256 of a JSON record's canonical form (sorted keys, no spaces) without its own digest entry ``field``."""
+    body = {k: v for k, v in record.items() if k != field}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -32,6 +32,7 @@ class ToyPackage:
     spec: StateSpec
     target: str = "toy"
     opset: int = 17
+    weights_digest: str | None = None  # no weights file: its graphs hold their weights
 
     def graph_path(self, graph: str) -> Path:
         return self.root / GRAPH_FILES[graph]

@@ -153,7 +153,9 @@ def test_outputs_are_not_clobbered_and_bad_paths_are_named(tmp_path):
     with pytest.raises(Arl2rtError, match="already holds 3 frame_"):
         open_writer(d)
     with pytest.raises(Arl2rtError, match="recorded 999 bytes"):
-        open_writer(existing, resume={"format": "mp4", "frames": 3, "bytes": 999, "fragments": 1, "fps": 16})
+        open_writer(
+            existing, resume={"format": "mp4", "frames": 3, "bytes": 999, "fragments": 1, "fps": 16, "sha256": "0"}
+        )
     with pytest.raises(Arl2rtError, match="the session wrote gif"):
         open_writer(existing, resume={"format": "gif", "frames": 3, "bytes": 9, "fps": 16})
 

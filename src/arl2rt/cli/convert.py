@@ -40,6 +40,7 @@ def convert(
         ),
     ] = False,
     dtype: Annotated[str, typer.Option(help=f"Stored precision: {', '.join(DTYPES)}.")] = "float32",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTPUT file.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Convert a checkpoint to arl2rt safetensors: FFN LoRA merged, keys checked, config stored in the file."""
@@ -48,10 +49,23 @@ def convert(
     sources = [p.resolve() for p in (checkpoint, delta) if p is not None]
     if output.resolve() in sources:
         raise Arl2rtError(f"--output {output}: is an input of the conversion; expected a new path")
+    # checked before the (long) conversion; the file itself is replaced atomically, so a failure keeps the old one
+    if output.is_dir():
+        raise Arl2rtError(f"--output {output}: is a directory; expected a .safetensors file path")
+    if output.exists() and not overwrite:
+        raise Arl2rtError(f"--output {output}: already exists; pass --overwrite to replace it, or choose another path")
+    parent = next(p for p in output.absolute().parents if p.exists())
+    if not parent.is_dir():
+        raise Arl2rtError(f"--output {output}: {parent} is a file; expected a directory to write into")
     cfg = load_config(config) if config is not None else None
     converted = convert_checkpoint(checkpoint, cfg, delta=delta, use_ema=use_ema, allow_random_arl2=allow_random_arl2)
     model = model_from_state_dict(converted.config, converted.state_dict, DTYPES[dtype])
-    path = save_checkpoint(model, output)
+    try:
+        path = save_checkpoint(model, output)
+    except OSError as exc:
+        raise Arl2rtError(
+            f"--output {output}: cannot write ({exc.strerror or exc}); nothing at that path was changed"
+        ) from None
     summary = {
         "output": str(path),
         "source": converted.source,

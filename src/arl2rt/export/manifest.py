@@ -1,7 +1,9 @@
 """The package manifest (``manifest.json``): what was exported, how, and the hash of every file.
 
 Written last by the exporter and read first by every backend. :func:`check_manifest` validates the schema and
-raises an Arl2rtError naming the manifest, the field, what was expected and what was found.
+raises an Arl2rtError naming the manifest, the field, what was expected and what was found. The manifest records the
+sha256 of its own content (``manifest_sha256``) beside those of the files, so one verified manifest vouches for the
+whole package: an edited field (opset, target, dtype) is refused by :func:`check_manifest_digest`.
 """
 
 from __future__ import annotations
@@ -13,11 +15,12 @@ from pathlib import Path
 from arl2rt import __version__
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import GRAPHS, StateSpec
-from arl2rt.files import file_record
+from arl2rt.files import file_record, record_digest
 from arl2rt.plugins.gdn.plugin_spec import PluginSpec
 
 FORMAT = "arl2rt-package"
 FORMAT_VERSION = 1
+DIGEST_FIELD = "manifest_sha256"
 _VERSIONED = ("torch", "onnx", "onnxscript", "onnx-ir")
 
 # field -> type every manifest must have
@@ -90,7 +93,28 @@ def build_manifest(
             }
             for p in plugins
         ]
+    manifest[DIGEST_FIELD] = manifest_digest(manifest)
     return manifest
+
+
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest's canonical JSON without its own digest field."""
+    return record_digest(manifest, DIGEST_FIELD)
+
+
+def check_manifest_digest(manifest: dict, source: Path) -> None:
+    """Raise unless the manifest's recorded digest is that of its content (it was not edited after export)."""
+    want = manifest.get(DIGEST_FIELD)
+    if not isinstance(want, str):
+        raise Arl2rtError(
+            f"{source}: expected field {DIGEST_FIELD!r} (the manifest's own sha256), found none; re-export the package"
+        )
+    got = manifest_digest(manifest)
+    if got != want:
+        raise Arl2rtError(
+            f"{source}: content sha256 {got[:16]}… does not match the recorded {DIGEST_FIELD} {want[:16]}…; the "
+            "manifest was edited after export: re-export the package"
+        )
 
 
 def check_manifest(manifest: object, source: Path, graph_files: dict[str, str]) -> dict:

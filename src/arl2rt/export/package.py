@@ -2,20 +2,25 @@
 
 ``export_package`` traces the model once per graph, runs the target's passes, writes everything to a temporary
 directory beside ``out_dir`` and renames it into place only when complete, so a failed export leaves nothing behind
-and never touches an existing package. ``ModelPackage.load`` checks the manifest, the files' sizes and hashes, and that
-every graph's inputs and outputs are exactly the StateSpec's, and (tensorrt) that every plugin node is exactly a node of
-a plugin of the package's plugin mode; each failure names the file or tensor, the expected and the found.
+and never touches an existing package; a temporary directory that a killed export left (its name holds the host and
+process id of its owner) is removed by the next export of the same name. ``ModelPackage.load`` checks the manifest (its
+own digest too), the files' sizes and hashes, that every graph has the manifest's opset, that its inputs and outputs are
+exactly the StateSpec's and its external data lies inside the weights file, and (tensorrt) that every plugin node is
+exactly a node of a plugin of the package's plugin mode; each failure names the file or tensor, the expected and the
+found.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
+import socket
 import tempfile
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -23,12 +28,12 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from arl2rt.errors import Arl2rtError
-from arl2rt.export.external_data import SharedWeights
-from arl2rt.export.manifest import build_manifest, check_manifest
+from arl2rt.export.external_data import SharedWeights, check_external_data
+from arl2rt.export.manifest import build_manifest, check_manifest, check_manifest_digest
 from arl2rt.export.onnx_export import EXPORT_DTYPES, EXPORT_OPSET, export_graph
 from arl2rt.export.state_spec import GRAPHS, PAST_LEN, StateSpec, TensorSpec
 from arl2rt.export.targets import TRT_PLUGIN_MODES, apply_target, get_target
-from arl2rt.files import check_file
+from arl2rt.files import check_file, sha256_file
 from arl2rt.model.config import ModelConfig
 from arl2rt.model.dit import CausalDiT
 from arl2rt.plugins.gdn.plugin_spec import register_onnx_schema
@@ -62,6 +67,20 @@ class ModelPackage:
     target: str
     opset: int
     plugin_mode: str | None = None  # tensorrt: "aot" (stage plugins) or "jit" (one node); None: no plugins
+    _weights_digest: str | None = field(default=None, repr=False)  # set by verification, else hashed on first use
+
+    @property
+    def weights_path(self) -> Path:
+        return self.root / WEIGHTS_NAME
+
+    @property
+    def weights_digest(self) -> str | None:
+        """sha256 of ``weights.bin`` (None: the package has none), hashed once: verification's hash is reused."""
+        if WEIGHTS_NAME not in self.manifest["files"]:
+            return None
+        if self._weights_digest is None:
+            self._weights_digest = sha256_file(self.weights_path)
+        return self._weights_digest
 
     def graph_path(self, graph: str) -> Path:
         if graph not in GRAPH_FILES:
@@ -141,6 +160,8 @@ class ModelPackage:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise Arl2rtError(f"{source}: expected JSON, found unreadable content ({exc})") from None
         manifest = check_manifest(data, source, GRAPH_FILES)
+        if verify:
+            check_manifest_digest(manifest, source)
         config = ModelConfig.from_dict(manifest["config"], source=f"{source} (config)")
         target = get_target(manifest["target"]).name
         plugin_mode = manifest.get("trt_plugin", "jit" if target == "tensorrt" else None)  # older packages: jit
@@ -174,12 +195,21 @@ class ModelPackage:
                 raise Arl2rtError(f"package {self.root}: file {name} listed in {MANIFEST_NAME} is missing")
             if hashes:
                 check_file(path, entry)
+                if name == WEIGHTS_NAME:
+                    self._weights_digest = entry["sha256"]
 
     def check_graph(self, graph: str) -> None:
-        """Raise unless the graph's inputs and outputs are the StateSpec's, name for name, dtype and shape, and each
-        custom node is exactly a node of one of the package's plugins (attributes as its spec declares)."""
+        """Raise unless the graph has the manifest's opset, its inputs and outputs are the StateSpec's, name for name,
+        dtype and shape, each custom node is exactly a node of one of the package's plugins (attributes as its spec
+        declares), and each tensor stored outside it lies inside the package's weights file."""
         path = self.graph_path(graph)
         proto = _load_proto(path)
+        opsets = {o.domain: o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")}
+        if list(opsets.values()) != [self.opset]:
+            raise Arl2rtError(
+                f"{path}: default-domain opset expected {self.opset} (the opset in {MANIFEST_NAME}), found "
+                f"{sorted(opsets.values())}"
+            )
         self._check_plugin_nodes(path, proto)
         for kind, values, specs in (
             ("input", proto.graph.input, self.spec.inputs(graph)),
@@ -196,6 +226,10 @@ class ModelPackage:
                 )
             for value, spec in zip(values, specs):
                 _check_value(path, kind, value, spec)
+        data_files = {
+            n: (self.root / n).stat().st_size for n in self.manifest["files"] if n not in GRAPH_FILES.values()
+        }
+        check_external_data(path, proto, data_files)
 
     def _check_plugin_nodes(self, path: Path, proto: onnx.ModelProto) -> None:
         plugins = {(p.namespace, p.name): p for p in TRT_PLUGIN_MODES.get(self.plugin_mode or "", ())}
@@ -244,6 +278,32 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
 
 
+def _partial_prefix(out_dir: Path) -> str:
+    """Start of the name of a temporary export directory of ``out_dir`` made by a process on this host."""
+    return f".{out_dir.name}.partial-{socket.gethostname()}-"
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name != "posix":  # no harmless probe of another process: keep its directory
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_stale_partials(out_dir: Path) -> None:
+    """Remove the temporary directories of exports of ``out_dir`` whose process (on this host) is gone (kill -9)."""
+    prefix = _partial_prefix(out_dir)
+    for path in out_dir.parent.iterdir():
+        pid, _, rest = path.name.removeprefix(prefix).partition("-")
+        if path.name.startswith(prefix) and pid.isdigit() and rest and path.is_dir() and not _process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _install(tmp: Path, out_dir: Path) -> None:
     """Move the finished package into place; an old package there is removed only after the new one is in."""
     old = None
@@ -289,7 +349,8 @@ def export_package(
     total = 2 * len(GRAPHS) + 2
     report = progress or (lambda done, all_, stage: None)
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    _remove_stale_partials(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_partial_prefix(out_dir)}{os.getpid()}-", dir=out_dir.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the package is an ordinary directory
         passes: dict[str, dict[str, int]] = {}

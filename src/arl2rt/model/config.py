@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,28 +51,9 @@ class ModelConfig:
     vocab: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.dim % self.num_heads:
-            problems.append(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
-        elif self.head_dim < 6:
-            problems.append(f"head_dim {self.head_dim} too small for 3-D RoPE (needs >= 6)")
-        if self.head_dim % 2:
-            problems.append(f"head_dim {self.head_dim} must be even for RoPE")
-        bad = [i for i in self.hybrid_layers if not 0 <= i < self.num_layers]
-        if bad:
-            problems.append(f"hybrid_layers {bad} outside 0..{self.num_layers - 1}")
-        if self.frames_per_block < 1:
-            problems.append(f"frames_per_block must be >= 1, got {self.frames_per_block}")
-        ph, pw = self.patch_size[1:]
-        if self.latent_height % ph or self.latent_width % pw:
-            problems.append(f"latent {self.latent_height}x{self.latent_width} not divisible by patch {ph}x{pw}")
-        if self.attn_window_frames != -1 and self.attn_window_frames < self.frames_per_block + self.sink_frames:
-            problems.append(
-                f"attn_window_frames {self.attn_window_frames} must be -1 or >= frames_per_block + sink_frames "
-                f"({self.frames_per_block + self.sink_frames})"
-            )
-        if self.sampler not in SAMPLERS:
-            problems.append(f"sampler {self.sampler!r} is not one of {list(SAMPLERS)}")
+        problems = _field_problems(self)
+        if not problems:  # the relations between fields need every field of the right type and range
+            problems = _relation_problems(self)
         if problems:
             raise Arl2rtError(f"invalid model config {self.name!r}: " + "; ".join(problems))
 
@@ -108,11 +90,116 @@ class ModelConfig:
         if missing:
             raise Arl2rtError(f"{source}: missing config fields {missing}")
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except Arl2rtError as exc:
+            raise Arl2rtError(f"{source}: {exc}") from None
 
 
 def _required(f: dataclasses.Field) -> bool:
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+# Every field's kind and least value (None: no bound); a config from JSON is checked against these before any
+# field is used, so a zero, a negative size or a string where a number belongs is named instead of crashing later.
+_INT_MIN = {
+    "dim": 1,
+    "ffn_dim": 1,
+    "num_layers": 1,
+    "num_heads": 1,
+    "in_channels": 1,
+    "out_channels": 1,
+    "latent_height": 1,
+    "latent_width": 1,
+    "text_dim": 1,
+    "text_len": 1,
+    "frames_per_block": 1,
+    "freq_dim": 2,
+    "rope_max_positions": 1,
+    "attn_window_frames": -1,
+    "sink_frames": 0,
+    "lora_rank": 1,
+}
+_POSITIVE_FLOATS = ("eps", "rope_theta", "scheduler_shift")
+_FINITE_FLOATS = ("lora_alpha",)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def _kind(value: object) -> str:
+    return f"{type(value).__name__} {value!r}" if isinstance(value, (str, bool)) else repr(value)
+
+
+def _field_problems(cfg: ModelConfig) -> list[str]:
+    """Type and range of each field on its own: ``field: expected ..., found ...``."""
+    problems = []
+    for name in ("name", "sampler"):
+        if not isinstance(getattr(cfg, name), str):
+            problems.append(f"{name}: expected a string, found {_kind(getattr(cfg, name))}")
+    for name, least in _INT_MIN.items():
+        value = getattr(cfg, name)
+        if not _is_int(value) or value < least:
+            problems.append(f"{name}: expected an integer >= {least}, found {_kind(value)}")
+    if _is_int(cfg.attn_window_frames) and cfg.attn_window_frames == 0:
+        problems.append("attn_window_frames: expected -1 (global) or a window >= 1, found 0")
+    if _is_int(cfg.freq_dim) and cfg.freq_dim % 2:
+        problems.append(f"freq_dim: expected an even integer (cos and sin halves), found {cfg.freq_dim}")
+    for name in _POSITIVE_FLOATS:
+        value = getattr(cfg, name)
+        if not _is_number(value) or value <= 0:
+            problems.append(f"{name}: expected a finite number > 0, found {_kind(value)}")
+    for name in _FINITE_FLOATS:
+        if not _is_number(getattr(cfg, name)):
+            problems.append(f"{name}: expected a finite number, found {_kind(getattr(cfg, name))}")
+    if not isinstance(cfg.warp_timesteps, bool):
+        problems.append(f"warp_timesteps: expected true or false, found {_kind(cfg.warp_timesteps)}")
+    sequences = {
+        "hybrid_layers": (lambda v: _is_int(v) and v >= 0, "layer indices >= 0", None),
+        "patch_size": (lambda v: _is_int(v) and v >= 1, "3 integers >= 1", 3),
+        "timesteps": (lambda v: _is_number(v) and 0 < v <= 1000, "numbers in (0, 1000]", None),
+        "vocab": (lambda v: isinstance(v, str) and v != "", "non-empty words", None),
+    }
+    for name, (ok, what, length) in sequences.items():
+        value = getattr(cfg, name)
+        if (
+            not isinstance(value, (tuple, list))
+            or (length is not None and len(value) != length)
+            or not all(ok(v) for v in value)
+        ):
+            problems.append(f"{name}: expected a list of {what}, found {_kind(value)}")
+    if isinstance(cfg.timesteps, (tuple, list)) and not cfg.timesteps:
+        problems.append("timesteps: expected at least one timestep, found none")
+    return problems
+
+
+def _relation_problems(cfg: ModelConfig) -> list[str]:
+    problems = []
+    if cfg.dim % cfg.num_heads:
+        problems.append(f"dim {cfg.dim} is not divisible by num_heads {cfg.num_heads}")
+    elif cfg.head_dim < 6:
+        problems.append(f"head_dim {cfg.head_dim} too small for 3-D RoPE (needs >= 6)")
+    if cfg.head_dim % 2:
+        problems.append(f"head_dim {cfg.head_dim} must be even for RoPE")
+    bad = [i for i in cfg.hybrid_layers if not 0 <= i < cfg.num_layers]
+    if bad:
+        problems.append(f"hybrid_layers {bad} outside 0..{cfg.num_layers - 1}")
+    ph, pw = cfg.patch_size[1:]
+    if cfg.latent_height % ph or cfg.latent_width % pw:
+        problems.append(f"latent {cfg.latent_height}x{cfg.latent_width} not divisible by patch {ph}x{pw}")
+    if cfg.attn_window_frames != -1 and cfg.attn_window_frames < cfg.frames_per_block + cfg.sink_frames:
+        problems.append(
+            f"attn_window_frames {cfg.attn_window_frames} must be -1 or >= frames_per_block + sink_frames "
+            f"({cfg.frames_per_block + cfg.sink_frames})"
+        )
+    if cfg.sampler not in SAMPLERS:
+        problems.append(f"sampler {cfg.sampler!r} is not one of {list(SAMPLERS)}")
+    return problems
 
 
 PRESETS: dict[str, ModelConfig] = {

@@ -5,13 +5,17 @@ A session directory holds one complete snapshot, named by a pointer file::
     DIR/LATEST                      "snap-000012" (replaced atomically: write a temp file, fsync, rename)
     DIR/snap-000012/state.safetensors   GDN states, valid K/V of every cache, text K/V, the noise generator's state
     DIR/snap-000012/session.json    position (block, frame, RoPE frame), model identity, config, precision, backend,
-                                    seed, target length, output writer state, and the sha256 of state.safetensors
+                                    seed, target length, output writer state (with the sha256 of the output up to
+                                    the snapshot), the sha256 of state.safetensors, and the sha256 of the record itself
 
 A save writes a new ``snap-*`` under a temporary name, fsyncs it, renames it into place, then points LATEST at it and
 only then deletes the previous snapshot: a crash at any moment leaves LATEST naming a complete snapshot. Loading
-checks the format, the checksum and every tensor's name, shape and dtype; resuming checks the model identity
-(sha256 of the package manifest, or of the config and state_dict of a PyTorch model), so another model or a
-corrupted snapshot is an :class:`Arl2rtError`, never a silently different stream.
+checks the format, the record's own checksum (an edited position or output path is refused, never continued from),
+the record's fields, the tensors' checksum and every tensor's name, shape and dtype; resuming checks the model
+identity (sha256 of the package manifest, or of the config and state_dict of a PyTorch model), and the output writer
+checks that the output is still the stream's own before it touches it (:mod:`arl2rt.runtime.video`). So another
+model, a corrupted or edited snapshot or a replaced output is an :class:`Arl2rtError`, never a silently different
+stream or a changed file.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from safetensors.torch import load_file, save_file
 
 from arl2rt import __version__
 from arl2rt.errors import Arl2rtError
-from arl2rt.files import file_record, sha256_file
+from arl2rt.files import file_record, record_digest, sha256_file
 from arl2rt.model.dit import CausalDiT
 from arl2rt.runtime.streamer import Streamer, StreamPosition
 
@@ -42,6 +46,7 @@ LATEST = "LATEST"
 TENSORS = "state.safetensors"
 META = "session.json"
 RNG_KEY = "__rng_state__"
+CHECKSUM = "record_sha256"
 _SNAP = re.compile(r"snap-(\d{6,})")
 
 
@@ -64,8 +69,34 @@ def _fsync_dir(path: Path) -> None:
 
 
 # session.json nests the model's fields of a SessionRecord under "model"; the run's fields sit at the top
-_MODEL_FIELDS = ("identity", "source", "description", "config")
-_RUN_FIELDS = ("backend", "dtype", "device", "batch", "seed", "text", "target_blocks", "output")
+_MODEL_FIELDS = {"identity": str, "source": dict, "description": str, "config": dict}
+_RUN_FIELDS = {
+    "backend": str,
+    "dtype": str,
+    "device": str,
+    "batch": int,
+    "seed": int,
+    "text": str,
+    "target_blocks": int,
+    "output": dict,
+}
+_OUTPUT_FIELDS = {"format": str, "path": str}  # the rest is the writer's to check (video.open_writer)
+_POSITION_FIELDS = ("block", "frame", "rope_frame")
+
+
+def _problems(record: object, fields: dict[str, type], prefix: str = "") -> list[str]:
+    """``name: expected TYPE, found ...`` for each field of ``fields`` missing from ``record`` or of another type."""
+    if not isinstance(record, dict):
+        found = "missing" if record is None else f"expected an object, found {type(record).__name__}"
+        return [f"{prefix.rstrip('.') or 'record'}: {found}"]
+    found = []
+    for name, kind in fields.items():
+        value = record.get(name)
+        if name not in record:
+            found.append(f"{prefix}{name}: missing")
+        elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            found.append(f"{prefix}{name}: expected {kind.__name__}, found {type(value).__name__}")
+    return found
 
 
 @dataclass(frozen=True)
@@ -94,10 +125,12 @@ class SessionRecord:
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], where: Path) -> SessionRecord:
-        try:
-            return cls(**{k: meta["model"][k] for k in _MODEL_FIELDS}, **{k: meta[k] for k in _RUN_FIELDS})
-        except KeyError as exc:
-            raise Arl2rtError(f"session {where}: expected a record written by generate, found no {exc}") from None
+        problems = _problems(meta.get("model"), _MODEL_FIELDS, "model.") + _problems(meta, _RUN_FIELDS)
+        if not problems:
+            problems = _problems(meta["output"], _OUTPUT_FIELDS, "output.")
+        if problems:
+            raise Arl2rtError(f"session {where}: expected a record written by generate; " + "; ".join(problems))
+        return cls(**{k: meta["model"][k] for k in _MODEL_FIELDS}, **{k: meta[k] for k in _RUN_FIELDS})
 
 
 @dataclass
@@ -166,6 +199,8 @@ def save_snapshot(root: Path, streamer: Streamer, meta: dict[str, Any]) -> Path:
             "position": {"block": pos.block, "frame": pos.frame, "rope_frame": pos.rope_frame},
             "tensors": {"file": TENSORS, **file_record(tmp / TENSORS)},
         }
+        record = json.loads(json.dumps(record))  # as it reads back (tuples -> lists), for the checksum
+        record[CHECKSUM] = record_digest(record, CHECKSUM)
         with open(tmp / META, "w") as f:
             json.dump(record, f, indent=2)
             f.flush()
@@ -205,6 +240,7 @@ def load_snapshot(root: Path) -> Snapshot:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
         found = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else type(meta).__name__
         raise Arl2rtError(f"session {snap / META}: expected format {FORMAT!r} version {VERSION}, found {found}")
+    _check_record(meta, snap / META)
     path = snap / TENSORS
     if not path.is_file():
         raise Arl2rtError(f"session {path}: missing; the snapshot is incomplete")
@@ -219,6 +255,28 @@ def load_snapshot(root: Path) -> Snapshot:
     if rng is None:
         raise Arl2rtError(f"session {path}: no {RNG_KEY} tensor; expected the noise generator's state")
     return Snapshot(snap, meta, tensors, rng)
+
+
+def _check_record(meta: dict[str, Any], where: Path) -> None:
+    """The record is the one the save wrote (its checksum), with the position and tensors' entry loading needs."""
+    want = meta.get(CHECKSUM)
+    if not isinstance(want, str):
+        raise Arl2rtError(
+            f"session {where}: expected the record's own checksum {CHECKSUM!r}, found none; written by another arl2rt "
+            "version or edited"
+        )
+    got = record_digest(meta, CHECKSUM)
+    if got != want:
+        raise Arl2rtError(
+            f"session {where}: content sha256 {got[:16]}… does not match the recorded {CHECKSUM} {want[:16]}…; the "
+            "record was edited or damaged, so the stream cannot continue from it"
+        )
+    problems = _problems(meta.get("position"), dict.fromkeys(_POSITION_FIELDS, int), "position.")
+    problems += _problems(meta.get("tensors"), {"sha256": str}, "tensors.")
+    if not problems and any(meta["position"][k] < 0 for k in _POSITION_FIELDS):
+        problems.append(f"position: expected counts >= 0, found {meta['position']}")
+    if problems:
+        raise Arl2rtError(f"session {where}: expected a snapshot record; " + "; ".join(problems))
 
 
 def check_compatible(snapshot: Snapshot, *, identity: str, source: str, config: dict, dtype: str) -> None:

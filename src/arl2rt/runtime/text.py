@@ -37,7 +37,7 @@ CONTEXT_KEY = "context"
 
 
 def load_context(path: Path, cfg: ModelConfig) -> torch.Tensor:
-    """Text embeddings ``[B, text_len, text_dim]`` from a safetensors file (key ``context``)."""
+    """Text embeddings ``[B, text_len, text_dim]`` from a safetensors file (key ``context``), every value finite."""
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
@@ -50,6 +50,13 @@ def load_context(path: Path, cfg: ModelConfig) -> torch.Tensor:
         raise Arl2rtError(
             f"--context {path}: tensor {CONTEXT_KEY!r}: expected float {want} (model {cfg.name}), "
             f"found {str(ctx.dtype).removeprefix('torch.')} {list(ctx.shape)}"
+        )
+    finite = torch.isfinite(ctx)
+    if not bool(finite.all()):
+        nan = int(torch.isnan(ctx).sum())
+        raise Arl2rtError(
+            f"--context {path}: tensor {CONTEXT_KEY!r}: expected finite values, found {nan} NaN and "
+            f"{int((~finite).sum()) - nan} infinite of {ctx.numel()}"
         )
     return ctx.float()
 

@@ -119,7 +119,7 @@ def engine_key(
     flavour.check_target(package.target, str(package.root))
     ranges = dim_ranges(package.config, max_frames=max_frames, max_batch=max_batch)
     protos = {g: _load_proto(package.graph_path(g)) for g in GRAPHS}
-    known: dict[Path, str] = {}
+    known: dict[Path, str] = {package.weights_path: package.weights_digest} if package.weights_digest else {}
     key = {
         "flavour": flavour.name,
         "version": flavour.version,

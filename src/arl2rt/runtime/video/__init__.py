@@ -11,11 +11,13 @@ Video formats need RGB frames: a pixel-space model whose latents are RGB in [-1,
 model). arl2rt has no VAE, so a latent-space model (Wan: 16 channels) can only write ``.npz`` latents; asking for a
 video is an error that says so.
 
-Appending (``--resume``): each writer reports :meth:`FrameWriter.state` (format, path, frames, bytes) after a block;
-a session stores it, and a writer opened with ``resume=state`` first cuts the file back to exactly that point (frames a
-killed run wrote after its last snapshot are dropped, since the resumed run makes them again) and then appends. All four
-formats append in place: MP4 fragments continue with the next sequence number and decode time, the GIF continues
-before its trailer, PNG numbering continues, the zip gets further members.
+Appending (``--resume``): each writer reports :meth:`FrameWriter.state` (format, path, frames, bytes, and the sha256
+of what it wrote) after a block; a session stores it, and a writer opened with ``resume=state`` first checks that the
+output still starts with exactly what the stream wrote (its recorded size and digest: another file, a replaced or
+damaged output is refused, untouched), then cuts it back to that point (frames a killed run wrote after its last
+snapshot are dropped, since the resumed run makes them again) and appends. All four formats append in place: MP4
+fragments continue with the next sequence number and decode time, the GIF continues before its trailer, PNG numbering
+continues, the zip gets further members.
 """
 
 from __future__ import annotations
@@ -52,10 +54,20 @@ def open_writer(path: Path, *, fps: int = 16, resume: dict | None = None, overwr
     """The writer for ``path``'s format; ``resume`` (a :meth:`FrameWriter.state`) appends after that point, at the
     frame rate the output was started with."""
     fmt = output_format(Path(path))
+    writer = _WRITERS[fmt]
     if resume is not None:
         if resume.get("format") != fmt:
             raise Arl2rtError(f"output {path}: the session wrote {resume.get('format')}, this path is {fmt}")
+        bad = [
+            f"{k} ({kind.__name__}{' >= 0' if kind is int else ''})"
+            for k, kind in writer.resume_fields().items()
+            if not isinstance(resume.get(k), kind) or (kind is int and (isinstance(resume[k], bool) or resume[k] < 0))
+        ]
+        if bad:
+            raise Arl2rtError(
+                f"output {path}: the session's record of it lacks {', '.join(bad)}; expected a {fmt} state"
+            )
         fps = resume["fps"]
     if fps < 1:
         raise Arl2rtError(f"fps must be >= 1, got {fps}")
-    return _WRITERS[fmt](Path(path), fps, resume=resume, overwrite=overwrite)
+    return writer(Path(path), fps, resume=resume, overwrite=overwrite)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,17 @@ class FrameWriter(ABC):
     """Appends blocks of latents ``[B, C, F, H, W]`` to one output; a context manager (``close`` finalises)."""
 
     format: str
+    RESUME_FIELDS: dict[str, type] = {}  # of this format's state, beside the ones every writer records
 
     def __init__(self, path: Path, fps: int) -> None:
         self.path, self.fps = Path(path), fps
         self.frames = 0
+        self.digest = hashlib.sha256()  # of everything written so far: a resumed output must still start with it
+
+    @classmethod
+    def resume_fields(cls) -> dict[str, type]:
+        """What a ``resume`` state must hold (name -> type) for this format."""
+        return {"frames": int, "fps": int, "sha256": str, **cls.RESUME_FIELDS}
 
     def write(self, latents: torch.Tensor) -> None:
         """Append one block; its frames are on disk (flushed) when this returns."""
@@ -62,7 +70,7 @@ class FrameWriter(ABC):
     def state(self) -> dict[str, Any]:
         """JSON-able position of the output after the last block (what a session stores to append later)."""
         where = {"format": self.format, "path": str(self.path.resolve()), "frames": self.frames, "fps": self.fps}
-        return {**where, **self.state_impl()}
+        return {**where, "sha256": self.digest.hexdigest(), **self.state_impl()}
 
     def close(self) -> None:
         return None
@@ -95,19 +103,36 @@ def check_new_output(path: Path, overwrite: bool) -> None:
         raise Arl2rtError(f"output {path}: already exists; pass --overwrite to replace it, or choose another path")
 
 
-def prepare_file(path: Path, resume: dict | None, overwrite: bool) -> None:
-    """A new single-file output starts empty (see :func:`check_new_output`); a resumed one is cut back to the
-    snapshot's size."""
+def check_resumed_digest(path: Path, resume: dict, digest: hashlib._Hash, what: str) -> None:
+    """Raise unless ``digest`` (of the output's ``what``) is the one the session recorded: it is the stream's own."""
+    if digest.hexdigest() != resume["sha256"]:
+        raise Arl2rtError(
+            f"output {path}: its {what} differ from what the session wrote (sha256 {digest.hexdigest()[:16]}…, "
+            f"recorded {resume['sha256'][:16]}…); it was replaced or changed: resume into a new output (-o)"
+        )
+
+
+def prepare_file(path: Path, resume: dict | None, overwrite: bool) -> hashlib._Hash:
+    """A new single-file output starts empty (see :func:`check_new_output`); a resumed one must start with the bytes
+    the session recorded (size and sha256), and is then cut back to them. Returns the digest of what stays."""
     if resume is None:
         check_new_output(path, overwrite)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
-        return
+        return hashlib.sha256()
     size, want = (path.stat().st_size if path.is_file() else None), resume["bytes"]
     if size is None or size < want:
         raise Arl2rtError(
             f"output {path}: the session recorded {want} bytes ({resume['frames']} frames) written, found "
             f"{'no file' if size is None else f'{size} bytes'}; it was moved or changed: resume into a new output (-o)"
         )
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        left = want
+        while left and (block := f.read(min(left, 1 << 22))):
+            digest.update(block)
+            left -= len(block)
+    check_resumed_digest(path, resume, digest, f"first {want} bytes")
     with open(path, "r+b") as f:
         f.truncate(want)
+    return digest

@@ -19,11 +19,12 @@ class GifWriter(FrameWriter):
     """GIF89a, looping, a local 256-colour table per frame; valid (trailer in place) after every block."""
 
     format = "gif"
+    RESUME_FIELDS = {"bytes": int}
     TRAILER = b";"
 
     def __init__(self, path: Path, fps: int, *, resume: dict | None = None, overwrite: bool = False):
         super().__init__(path, fps)
-        prepare_file(self.path, resume, overwrite)
+        self.digest = prepare_file(self.path, resume, overwrite)  # of the frames, not the trailer after them
         self.frames = resume["frames"] if resume else 0
         self.bytes = resume["bytes"] if resume else 0  # end of the last frame: where the trailer sits
         if self.bytes:
@@ -51,6 +52,7 @@ class GifWriter(FrameWriter):
             f.seek(self.bytes)
             f.write(out + self.TRAILER)
             f.flush()
+        self.digest.update(out)
         self.bytes += len(out)
 
     def state_impl(self) -> dict[str, Any]:

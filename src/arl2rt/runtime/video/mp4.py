@@ -47,12 +47,13 @@ class Mp4Writer(FrameWriter):
     """Fragmented MP4, one self-contained fragment per block (see the module docstring)."""
 
     format = "mp4"
+    RESUME_FIELDS = {"bytes": int, "fragments": int}
     MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof"
 
     def __init__(self, path: Path, fps: int, *, resume: dict | None = None, overwrite: bool = False, crf: int = 18):
         super().__init__(path, fps)
         self.crf = crf
-        prepare_file(self.path, resume, overwrite)
+        self.digest = prepare_file(self.path, resume, overwrite)
         self.fragments = resume["fragments"] if resume else 0
         self.frames = resume["frames"] if resume else 0
         self.bytes = resume["bytes"] if resume else 0
@@ -124,6 +125,7 @@ class Mp4Writer(FrameWriter):
             f.seek(self.bytes)
             f.write(out)
             f.flush()
+        self.digest.update(out)
         self.bytes += len(out)
         self.sample_entry = entry
 

@@ -24,17 +24,20 @@ class NpzWriter(FrameWriter):
     """Latents as one ``block_NNNNNN`` array per block in an uncompressed ``.npz`` (a zip).
 
     Appending a member writes over the zip's central directory, so the state a session records holds that directory
-    itself (a few dozen bytes per block): resuming cuts the file back to the end of the recorded blocks' data and
-    writes the recorded directory after it, which restores the file exactly as it was at the snapshot.
+    itself (a few dozen bytes per block), and its size and digest cover the blocks' data before it: resuming cuts the
+    file back to the end of the recorded blocks' data and writes the recorded directory after it, which restores the
+    file exactly as it was at the snapshot.
     """
 
     format = "npz"
+    RESUME_FIELDS = {"bytes": int, "blocks": int, "directory": str}
 
     def __init__(self, path: Path, fps: int, *, resume: dict | None = None, overwrite: bool = False):
         super().__init__(path, fps)
         self.frames = resume["frames"] if resume else 0
         self.blocks = resume["blocks"] if resume else 0
-        prepare_file(self.path, resume, overwrite)
+        self.digest = prepare_file(self.path, resume, overwrite)
+        self.data_end = resume["bytes"] if resume else 0  # where the central directory begins
         if resume:
             with open(self.path, "r+b") as f:
                 f.seek(resume["bytes"])
@@ -46,17 +49,18 @@ class NpzWriter(FrameWriter):
         with zipfile.ZipFile(self.path, "a", compression=zipfile.ZIP_STORED) as zf:
             with zf.open(f"block_{self.blocks:06d}.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, array, allow_pickle=False)
-        self.blocks += 1
+        with zipfile.ZipFile(self.path) as zf:
+            data_end = zf.start_dir  # the end of this block's data
+        with open(self.path, "rb") as f:
+            f.seek(self.data_end)
+            self.digest.update(f.read(data_end - self.data_end))
+        self.blocks, self.data_end = self.blocks + 1, data_end
 
     def state_impl(self) -> dict[str, Any]:
-        if self.blocks == 0:
-            return {"bytes": 0, "blocks": 0, "directory": ""}
-        with zipfile.ZipFile(self.path) as zf:
-            data_end = zf.start_dir  # where the central directory begins: the end of the last block's data
         with open(self.path, "rb") as f:
-            f.seek(data_end)
+            f.seek(self.data_end)
             directory = f.read()
-        return {"bytes": data_end, "blocks": self.blocks, "directory": base64.b64encode(directory).decode()}
+        return {"bytes": self.data_end, "blocks": self.blocks, "directory": base64.b64encode(directory).decode()}
 
 
 def read_latents(path: Path) -> np.ndarray:
