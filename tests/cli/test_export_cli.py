@@ -66,7 +66,10 @@ def test_export_passes_every_option_to_the_library(calls, tmp_path):
     path, kwargs = calls["export_package"]
     assert path == out
     assert callable(kwargs.pop("progress"))
-    assert kwargs == {"target": "tensorrt", "dtype": "float16", "opset": 19, "trt_plugin": "jit", "overwrite": True}
+    assert kwargs == {
+        "target": "tensorrt", "dtype": "float16", "opset": 19, "trt_plugin": "jit", "overwrite": True,
+        "source": "random weights of config tiny",
+    }  # fmt: skip
     summary = json.loads(result.output)
     assert summary["target"] == "tensorrt" and summary["dtype"] == "float16" and summary["bytes"] == 100
     assert summary["trt_plugin"] == "jit"

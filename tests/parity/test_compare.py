@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from arl2rt.errors import Arl2rtError
-from arl2rt.parity.compare import Tolerances, compare_func, parse_tolerances, tensor_metrics
+from arl2rt.export.state_spec import GRAPHS, StateSpec
+from arl2rt.model.config import PRESETS
+from arl2rt.parity.compare import (
+    Tolerances,
+    check_tolerance_names,
+    compare_func,
+    compared_names,
+    parse_tolerances,
+    tensor_metrics,
+)
 
 
 def test_metrics_of_a_known_perturbation():
@@ -88,3 +97,24 @@ def test_parse_tolerances_polygraphy_syntax():
         parse_tolerances(["velocity:abc"], "--rtol")
     with pytest.raises(Arl2rtError, match="non-negative"):
         parse_tolerances(["-1"], "--atol")
+
+
+def test_every_compared_tensor_and_kind_is_a_valid_tolerance_name_and_nothing_else():
+    spec = StateSpec(PRESETS["tiny"])
+    names = compared_names(spec)
+    assert set(names) >= {s.name for g in GRAPHS for s in spec.outputs(g)} and "latents" in names
+    check_tolerance_names({"": 1.0, **dict.fromkeys(names, 1.0), "present_state": 1.0, "context_key": 1.0}, spec, "x")
+    for typo in ("present_states", "velocity.0", "past_key.3", "timestep", "present_key.0"):
+        with pytest.raises(Arl2rtError, match=f"--atol {typo}:1: config tiny has no compared tensor or kind"):
+            check_tolerance_names({typo: 1.0}, spec, "--atol")
+
+
+def test_unknown_tolerance_message_lists_kinds_with_their_layers():
+    with pytest.raises(Arl2rtError) as info:
+        check_tolerance_names({"veloctiy": 1e-3}, StateSpec(PRESETS["tiny"]), "--rtol")
+    message = str(info.value)
+    assert "(did you mean 'velocity'?)" in message
+    assert message.endswith(
+        "context_key.{0-3}, context_value.{0-3}, latents, present_key.{3}, present_state.{0-2}, present_value.{3}, "
+        "velocity"
+    )

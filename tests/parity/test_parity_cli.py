@@ -82,3 +82,22 @@ def test_bad_options_exit_1_without_traceback(small_config, args, message):
     assert res.exit_code == 1
     assert message in " ".join(res.output.split())
     assert "Traceback" not in res.output
+
+
+def test_a_tensorrt_candidate_is_given_the_profile_of_the_stream(micro_exports, micro_model, monkeypatch):
+    from arl2rt.errors import Arl2rtError
+    from arl2rt.model.random import random_context
+    from arl2rt.parity import check
+    from micro_packages import MICRO
+
+    seen = {}
+
+    def make_backend(name, **kwargs):
+        seen[name] = kwargs.get("options")
+        raise Arl2rtError("recorded")
+
+    monkeypatch.setattr(check, "make_backend", make_backend)
+    package = micro_exports.package("portable").root
+    with pytest.raises(Arl2rtError, match="recorded"):
+        check.check_parity(micro_model, random_context(MICRO, 0), backend="tensorrt", package=package, blocks=5)
+    assert seen == {"tensorrt": {"max_frames": 10, "max_batch": 1}}  # 5 blocks of 2 frames, not the 21-frame default

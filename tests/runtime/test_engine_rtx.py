@@ -126,3 +126,15 @@ def test_missing_tensorrt_says_how_to_install():
             load_flavour("tensorrt")
     else:
         pytest.skip("tensorrt imports here")
+
+
+def test_a_stream_runs_on_the_engines_build_made_for_a_longer_one(toy, tmp_path):
+    """What the backend asks for (reuse_wider): `arl2rt build`'s 21-frame engines serve 12 frames, not 48."""
+    cache = tmp_path / "cache"
+    built = build_engines(toy, flavour="tensorrt-rtx", cache_dir=cache).entry  # as `arl2rt build`: 21 frames
+    shorter = build_engines(toy, flavour="tensorrt-rtx", cache_dir=cache, max_frames=12, reuse_wider=True)
+    assert shorter.status == "hit" and shorter.entry.path == built.path
+    longer = build_engines(toy, flavour="tensorrt-rtx", cache_dir=cache, max_frames=48, reuse_wider=True)
+    assert longer.status == "built" and longer.entry.path != built.path
+    exact = build_engines(toy, flavour="tensorrt-rtx", cache_dir=cache, max_frames=12)  # arl2rt build --max-frames 12
+    assert exact.status == "built" and exact.entry.path not in (shorter.entry.path, longer.entry.path)

@@ -1,21 +1,29 @@
 """The TensorRT backend.
 
-The first tests need no TensorRT: how a failed deserialization is explained and how engine I/O is checked. The rest
-need TensorRT and a CUDA GPU, and skip with the reason where ``import tensorrt`` fails, which is every machine of this
+The first tests need no TensorRT: how a failed deserialization is explained, how engine I/O is checked, and
+activation with the TensorRT module, the GPU and the engine cache faked at the seams (which engines it asks for, what
+it registers, which GPU TensorRT-RTX runs on), and what ``arl2rt generate`` hands it. The rest need TensorRT and a
+CUDA GPU, and skip with the reason where ``import tensorrt`` fails, which is every machine of this
 project (TensorRT cannot be installed here): they are written to TensorRT's documented API and have never run.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import sys
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
 from arl2rt.errors import Arl2rtError
-from arl2rt.export.state_spec import StateSpec
+from arl2rt.export.state_spec import GRAPHS, StateSpec
 from arl2rt.model.config import PRESETS
 from arl2rt.runtime.tensorrt_backend import TensorRTBackend, check_engine_io, deserialize_error
+from arl2rt.runtime.trt.flavour import FLAVOURS, Flavour
+from arl2rt.runtime.trt.loaders import DTYPE_NAMES
 
 ENGINE = Path("/pkg/engines/commit_step.engine")
 
@@ -69,6 +77,241 @@ def test_cpu_device_is_refused(tmp_path):
 
     with pytest.raises(Arl2rtError, match="runs on CUDA devices"):
         TensorRTBackend(Package(), device="cpu")
+
+
+# -- activation with TensorRT faked at its module (no TensorRT, no GPU) ------------------------------------------
+class _Severity(enum.IntEnum):
+    INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
+
+
+class _FakeEngine:
+    """An engine whose tensors are exactly the StateSpec's (what check_engine_io accepts)."""
+
+    def __init__(self, spec: StateSpec, graph: str) -> None:
+        self.io = _engine_io(spec, graph)
+        self.names = list(self.io)
+
+    num_io_tensors = property(lambda self: len(self.names))
+
+    def get_tensor_name(self, i):
+        return self.names[i]
+
+    def get_tensor_mode(self, name):
+        return _FakeTrt.TensorIOMode.INPUT if self.io[name]["mode"] == "input" else _FakeTrt.TensorIOMode.OUTPUT
+
+    def get_tensor_dtype(self, name):
+        return types.SimpleNamespace(name={v: k for k, v in DTYPE_NAMES.items()}[self.io[name]["dtype"]])
+
+    def get_tensor_shape(self, name):
+        return self.io[name]["shape"]
+
+    def create_execution_context(self):
+        return object()
+
+
+class _FakeTrt(types.SimpleNamespace):
+    """The parts of the tensorrt / tensorrt_rtx module activation touches."""
+
+    TensorIOMode = enum.Enum("TensorIOMode", "INPUT OUTPUT")
+
+    class ILogger:
+        Severity = _Severity
+
+        def __init__(self) -> None:
+            pass
+
+
+@pytest.fixture
+def fake_tensorrt(monkeypatch, tmp_path):
+    """Activation's seams faked: the flavour's module, the GPU, the engine cache; returns what they were asked."""
+    from arl2rt.runtime import tensorrt_backend as backend_module
+    from arl2rt.runtime.trt.build import BuildResult
+    from arl2rt.runtime.trt.cache import CacheEntry
+
+    seen: dict = {"gpu": ("NVIDIA GeForce RTX 4090", "8.9"), "registered": 0}
+    engines = {}
+    for graph in GRAPHS:
+        engines[graph] = tmp_path / f"{graph}.engine"
+        engines[graph].write_bytes(graph.encode())
+
+    def load_flavour(name):
+        spec_of = seen["spec"]
+        runtime = types.SimpleNamespace(deserialize_cuda_engine=lambda data: _FakeEngine(spec_of, data.decode()))
+        module = _FakeTrt(__version__="10.13.0", Runtime=lambda logger: runtime)
+        return Flavour(name, module, FLAVOURS[name][1])
+
+    def build_engines(package, **kwargs):
+        seen["build"] = kwargs
+        return BuildResult(CacheEntry(tmp_path, {}, engines, {}), "hit")
+
+    def register():
+        seen["registered"] += 1
+
+    monkeypatch.setattr(backend_module, "load_flavour", load_flavour)
+    monkeypatch.setattr(backend_module, "cuda_capability", lambda: seen["gpu"])
+    monkeypatch.setattr(backend_module, "build_engines", build_engines)
+    monkeypatch.setattr(backend_module, "register_trt_plugins", register)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: object())
+    return seen
+
+
+@pytest.mark.parametrize("target", ["portable", "tensorrt"])
+def test_activation_asks_the_cache_for_engines_that_serve_the_stream(micro_exports, fake_tensorrt, target):
+    package = micro_exports.package(target)
+    fake_tensorrt["spec"] = package.spec
+    with TensorRTBackend(package, max_frames=48, max_batch=2, cache_dir=Path("/c")) as backend:
+        assert set(backend.engines) == set(backend.contexts) == set(GRAPHS)
+    build = fake_tensorrt["build"]
+    assert (build["max_frames"], build["max_batch"], build["cache_dir"]) == (48, 2, Path("/c"))
+    assert build["reuse_wider"] is True
+    assert fake_tensorrt["registered"] == 0  # AOT engines carry their kernels: no plugin module, no Triton
+
+
+def test_jit_engines_register_the_plugin_first(micro_exports, fake_tensorrt):
+    package = dataclasses.replace(micro_exports.package("tensorrt"), plugin_mode="jit")
+    fake_tensorrt["spec"] = package.spec
+    with TensorRTBackend(package):
+        assert fake_tensorrt["registered"] == 1
+
+
+def test_tensorrt_rtx_runs_where_its_runtime_supports_the_gpu(micro_exports, fake_tensorrt):
+    package = micro_exports.package("portable")
+    fake_tensorrt["spec"] = package.spec
+    with TensorRTBackend(package, flavour="tensorrt-rtx") as backend:
+        assert backend.label == "tensorrt-rtx portable float32"
+    assert fake_tensorrt["build"]["flavour"].name == "tensorrt-rtx"
+    fake_tensorrt["gpu"] = ("NVIDIA H100 80GB HBM3", "9.0")
+    with pytest.raises(Arl2rtError, match="compute capability 9.0, which TensorRT-RTX does not run on"):
+        TensorRTBackend(package, flavour="tensorrt-rtx").activate()
+
+
+def test_an_explicit_engine_entry_built_for_a_longer_stream_serves(micro_exports, fake_tensorrt, monkeypatch, tmp_path):
+    from arl2rt.runtime import tensorrt_backend as backend_module
+    from arl2rt.runtime.trt.cache import EngineCache
+
+    package = micro_exports.package("portable")
+    fake_tensorrt["spec"] = package.spec
+    longer = {"flavour": "tensorrt", "profiles": {"g": {"x": [[1, 0], [1, 8], [1, 40]]}}}
+    shorter = {"flavour": "tensorrt", "profiles": {"g": {"x": [[1, 0], [1, 4], [1, 20]]}}}
+    entry = EngineCache(tmp_path / "cache").store(longer, {g: g.encode() for g in GRAPHS})
+    monkeypatch.setattr(backend_module, "engine_key", lambda *a, **k: (shorter, {}))
+    with TensorRTBackend(package, engine_dir=entry.path) as backend:
+        assert set(backend.engines) == set(GRAPHS)
+    monkeypatch.setattr(backend_module, "engine_key", lambda *a, **k: ({**longer, "flavour": "x"}, {}))
+    with pytest.raises(Arl2rtError, match="engines built for another setup"):
+        TensorRTBackend(package, engine_dir=entry.path).activate()
+
+
+@pytest.mark.parametrize("mode", ["aot", "jit"])
+def test_an_aot_engine_built_with_triton_loads_where_triton_is_missing(
+    micro_exports, fake_tensorrt, monkeypatch, tmp_path, mode
+):
+    from arl2rt.plugins.gdn import trt_config
+    from arl2rt.runtime.trt import build
+    from arl2rt.runtime.trt.cache import EngineCache
+
+    package = dataclasses.replace(micro_exports.package("tensorrt"), plugin_mode=mode)
+    fake_tensorrt["spec"] = package.spec
+    monkeypatch.setattr(build, "device_key", lambda flavour, ccs=(): {"gpu": "RTX 4090", "compute_capability": "8.9"})
+    monkeypatch.setattr(trt_config, "triton_version", lambda: "triton 3.5.0")
+    flavour = Flavour("tensorrt", types.SimpleNamespace(__version__="10.13.0"), FLAVOURS["tensorrt"][1])
+    built_key = build.engine_key(package, flavour)[0]  # on the machine that built it, with Triton
+    entry = EngineCache(tmp_path / "cache").store(built_key, {g: g.encode() for g in GRAPHS})
+    monkeypatch.setattr(trt_config, "triton_version", lambda: "absent")  # the machine that runs it (a Jetson)
+    monkeypatch.setitem(sys.modules, "triton", None)  # and any `import triton` fails from here on
+    if mode == "aot":
+        with TensorRTBackend(package, engine_dir=entry.path) as backend:
+            assert set(backend.engines) == set(GRAPHS)
+        assert fake_tensorrt["registered"] == 0
+    else:  # JIT kernels are compiled by Triton when the engine runs: its version is part of the key
+        with pytest.raises(Arl2rtError, match=r"engines built for another setup \(plugin: built for"):
+            TensorRTBackend(package, engine_dir=entry.path).activate()
+
+
+# -- generate hands the backend its stream -----------------------------------------------------------------------
+@pytest.fixture
+def micro_generate(micro_exports, tmp_path):
+    """``arl2rt generate`` of the micro portable package with a text file, to ``out.npz``: (args, output)."""
+    from safetensors.torch import save_file
+
+    from arl2rt.model.random import random_context
+    from micro_packages import MICRO
+
+    text, out = tmp_path / "text.safetensors", tmp_path / "out.npz"
+    save_file({"context": random_context(MICRO, 0)}, str(text))
+    package = micro_exports.package("portable").root
+    return ["generate", "--model", str(package), "--context", str(text), "-o", str(out)], out
+
+
+@pytest.fixture
+def recorded_activation(monkeypatch):
+    """TensorRTBackend.activate records what the backend was made with, then stops the run (exit 1)."""
+    seen: dict = {}
+
+    def activate_impl(self):
+        seen.update(flavour=self.flavour_name, max_frames=self.max_frames, max_batch=self.max_batch)
+        raise Arl2rtError("activation recorded")
+
+    monkeypatch.setattr(TensorRTBackend, "activate_impl", activate_impl)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # generate's device checks see a GPU
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], {"flavour": "tensorrt", "max_frames": 48, "max_batch": 1}),  # the default 48 frames: 24 blocks of 2
+        (["--flavour", "tensorrt-rtx", "--frames", "5"], {"flavour": "tensorrt-rtx", "max_frames": 6, "max_batch": 1}),
+    ],
+    ids=["default-length", "rtx-rounded-up"],
+)
+def test_generate_asks_for_engines_of_its_own_stream(micro_generate, recorded_activation, args, expected):
+    from typer.testing import CliRunner
+
+    from arl2rt.cli.main import app
+
+    cli, out = micro_generate
+    res = CliRunner().invoke(app, [*cli, "--backend", "tensorrt", *args])
+    assert res.exit_code == 1 and "activation recorded" in res.output and "Traceback" not in res.output
+    assert recorded_activation == expected
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--flavour", "tensorrt-rtx"], "--flavour tensorrt-rtx: backend onnxruntime takes none"),
+        (
+            ["--backend", "tensorrt", "--flavour", "lean"],
+            "--flavour lean: backend tensorrt takes one of",
+        ),
+        (["--backend", "tensorrt", "--blocks", "600"], "stream at most 512 blocks on the tensorrt backend"),
+    ],
+    ids=["flavour-without-tensorrt", "unknown-flavour", "global-cache-beyond-rope"],
+)
+def test_generate_refuses_what_the_tensorrt_backend_cannot_run(micro_generate, args, message):
+    from typer.testing import CliRunner
+
+    from arl2rt.cli.main import app
+
+    cli, out = micro_generate
+    res = CliRunner().invoke(app, [*cli, *args])
+    assert res.exit_code == 1 and message in " ".join(res.output.split()) and "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_make_backend_passes_options_through_and_names_unknown_ones(micro_exports):
+    from arl2rt.runtime.backends import make_backend
+
+    package = micro_exports.package("portable")
+    backend = make_backend("tensorrt", package=package, options={"flavour": "tensorrt-rtx", "max_frames": 12})
+    assert (backend.flavour_name, backend.max_frames) == ("tensorrt-rtx", 12)
+    with pytest.raises(Arl2rtError, match=r"backend tensorrt: no option max_frame; it takes \['engine_dir', 'flavour'"):
+        make_backend("tensorrt", package=package, options={"max_frame": 12})
+    with pytest.raises(Arl2rtError, match="backend onnxruntime: no option flavour"):
+        make_backend("onnxruntime", package=package, options={"flavour": "tensorrt"})
 
 
 # -- with TensorRT and a GPU -------------------------------------------------------------------------------------

@@ -90,6 +90,7 @@ def export(
             trt_plugin=trt_plugin,
             progress=progress,
             overwrite=overwrite,
+            source=loaded.description,
         )
     seconds = time.perf_counter() - start
     files = package.manifest["files"]

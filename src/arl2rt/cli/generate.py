@@ -77,6 +77,13 @@ def generate(
         Path | None, typer.Option(help="Checkpoint for --config; without one the weights are random.")
     ] = None,
     backend: Annotated[str | None, typer.Option(help=_BACKEND_HELP)] = None,
+    flavour: Annotated[
+        str | None,
+        typer.Option(
+            help=f"tensorrt backend: the TensorRT library, {' | '.join(BACKENDS['tensorrt'].flavours)} (default: "
+            f"{BACKENDS['tensorrt'].default_flavour}); engines as `arl2rt build --flavour` made them."
+        ),
+    ] = None,
     prompt: Annotated[
         str | None, typer.Option(help="Prompt in the embedded model's words, e.g. 'two red balls and one blue ball'.")
     ] = None,
@@ -109,8 +116,8 @@ def generate(
 ) -> None:
     """Generate a video stream block by block; every block's frames reach the output as soon as it is made."""
     opts = lib.GenerateOptions(
-        output=output, model=model, config=config, checkpoint=checkpoint, backend=backend, prompt=prompt,
-        context=context, frames=frames, blocks=blocks, seed=seed, dtype=dtype, device=device, fps=fps,
+        output=output, model=model, config=config, checkpoint=checkpoint, backend=backend, flavour=flavour,
+        prompt=prompt, context=context, frames=frames, blocks=blocks, seed=seed, dtype=dtype, device=device, fps=fps,
         save_session=save_session, save_every=save_every, resume=resume, overwrite=overwrite,
     )  # fmt: skip
     columns = (

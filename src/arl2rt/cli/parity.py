@@ -14,6 +14,7 @@ from rich.table import Table
 from arl2rt.cli._common import err, out, print_json, user_errors
 from arl2rt.errors import Arl2rtError
 from arl2rt.model.config import load_config
+from arl2rt.model.dit import CausalDiT
 from arl2rt.model.random import random_context, random_model
 from arl2rt.parity.check import check_parity
 from arl2rt.parity.compare import parse_tolerances
@@ -23,6 +24,8 @@ from arl2rt.runtime.backends import BACKENDS, DEFAULT_BACKEND
 app = typer.Typer()
 
 _TABLE_WIDTH = 132
+_DEFAULT_CONFIG = "tiny"
+_RANDOM_SEED = 0  # of the reference's weights without --checkpoint (--seed is the noise's and the text's)
 _BACKEND_HELP = f"Candidate backend: {' | '.join(BACKENDS)}."
 _TARGET_HELP = "Export target when no --package (default: the backend's first): {}.".format(
     "; ".join(f"{name} runs {' | '.join(b.targets)}" for name, b in BACKENDS.items() if b.targets)
@@ -36,8 +39,12 @@ _DEVICE_HELP = "cpu, cuda or auto (onnxruntime: its CUDA EP); default: {}.".form
 @user_errors
 def parity(
     config: Annotated[
-        str, typer.Option(help="Preset (tiny, wan2.1-t2v-1.3b) or JSON config; random weights (seed 0).")
-    ] = "tiny",
+        str | None,
+        typer.Option(
+            help="Preset (tiny, wan2.1-t2v-1.3b) or JSON config; random weights (seed 0). Default: tiny, or with "
+            "--checkpoint the config the checkpoint stores."
+        ),
+    ] = None,
     checkpoint: Annotated[
         Path | None, typer.Option(help="Load weights from this checkpoint instead (any format arl2rt reads).")
     ] = None,
@@ -71,7 +78,7 @@ def parity(
     modes = MODES if mode == "both" else (mode,)
     if set(modes) - set(MODES):
         raise Arl2rtError(f"--mode {mode!r}: expected drift, step or both")
-    model = _model(config, checkpoint)
+    model, source = _model(config, checkpoint)
     with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task(f"parity: {blocks} blocks", total=blocks)
         report = check_parity(
@@ -90,6 +97,7 @@ def parity(
             save_polygraphy=save_polygraphy,
             polygraphy_block=polygraphy_block,
             progress=lambda: bar.advance(task),
+            source=source,
         )
     if json_:
         print_json(report.to_dict())
@@ -101,12 +109,15 @@ def parity(
         raise typer.Exit(1)
 
 
-def _model(config: str, checkpoint: Path | None):
+def _model(config: str | None, checkpoint: Path | None) -> tuple[CausalDiT, str]:
+    """The reference model and where its weights come from (an explicit --config wins over a checkpoint's own)."""
     if checkpoint is None:
-        return random_model(load_config(config))
+        cfg = load_config(config or _DEFAULT_CONFIG)
+        return random_model(cfg, _RANDOM_SEED), f"random weights of seed {_RANDOM_SEED} (config {cfg.name})"
     from arl2rt.model.checkpoint import load_checkpoint
 
-    return load_checkpoint(checkpoint, load_config(config) if config != "tiny" else None)
+    model = load_checkpoint(checkpoint, load_config(config) if config is not None else None)
+    return model, f"checkpoint {checkpoint} (config {model.cfg.name})"
 
 
 def _fmt(x: float | str) -> str:

@@ -31,6 +31,7 @@ from arl2rt.errors import Arl2rtError
 from arl2rt.export.external_data import SharedWeights, check_external_data
 from arl2rt.export.manifest import build_manifest, check_manifest, check_manifest_digest
 from arl2rt.export.onnx_export import EXPORT_DTYPES, EXPORT_OPSET, export_graph
+from arl2rt.export.provenance import WEIGHTS_FIELD, weights_record
 from arl2rt.export.state_spec import GRAPHS, PAST_LEN, StateSpec, TensorSpec
 from arl2rt.export.targets import TRT_PLUGIN_MODES, apply_target, get_target
 from arl2rt.files import check_file, sha256_file
@@ -325,6 +326,7 @@ def export_package(
     trt_plugin: str | None = None,
     progress: Progress | None = None,
     overwrite: bool = False,
+    source: str | None = None,
 ) -> ModelPackage:
     """Export ``model`` as a package for ``target`` with ``dtype`` activations (states stay fp32).
 
@@ -333,6 +335,8 @@ def export_package(
 
     Weights of at least 1 KiB go to one shared ``weights.bin``. ``progress(done, total, stage)`` is called before each
     stage. Returns the loaded package; on any failure nothing is left at ``out_dir`` that was not there before.
+    ``source`` (e.g. ``checkpoint PATH``) is recorded with the digest of the weights in the manifest's ``weights``
+    field, against which parity checks its reference.
     """
     tgt = get_target(target)
     opset = tgt.resolve_opset(opset)
@@ -342,6 +346,7 @@ def export_package(
     out_dir = Path(out_dir)
     _prepare_out_dir(out_dir, overwrite)
     spec = StateSpec(model.cfg, dtype)
+    weights_of = weights_record(model, source)  # of the caller's model, before any cast
     if model.dtype != spec.config_dtype or model.patch_embedding.weight.device.type != "cpu":
         model = copy.deepcopy(model).to("cpu", spec.config_dtype)  # export traces on the CPU; never touch the caller's
     model = model.eval()
@@ -385,6 +390,7 @@ def export_package(
             plugin_mode=plugin_mode,
             plugins=tgt.plugins(plugin_mode),
         )
+        manifest[WEIGHTS_FIELD] = weights_of
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         _install(tmp, out_dir)
     except BaseException:

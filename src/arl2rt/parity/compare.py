@@ -6,11 +6,13 @@ when its absolute difference exceeds ``atol`` *and* its relative difference exce
 "elemwise" rule, so ``polygraphy run --atol/--rtol`` and ``arl2rt parity --atol/--rtol`` mean the same thing).
 
 A tolerance key is a full tensor name (``present_state.2``), a kind (``present_state``: every layer's state; see
-:func:`arl2rt.export.state_spec.kind_of`) or ``""``. The most specific key wins.
+:func:`arl2rt.export.state_spec.kind_of`) or ``""``. The most specific key wins. A key that names no compared tensor
+(a typo) would silently enforce nothing, so :func:`check_tolerance_names` refuses it and lists the valid ones.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -18,7 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from arl2rt.errors import Arl2rtError
-from arl2rt.export.state_spec import PRESENT_STATE, kind_of
+from arl2rt.export.state_spec import GRAPHS, LATENTS, PRESENT_STATE, StateSpec, kind_of
 
 # Element-wise relative differences divide by |reference|; zeros get this epsilon (as polygraphy does).
 _REL_EPS = 2.220446049250313e-16
@@ -173,6 +175,47 @@ def parse_tolerances(values: Iterable[str], option: str) -> dict[str, float]:
             raise Arl2rtError(f"{option} {item!r}: expected a non-negative tolerance, found {value}")
         table[name] = value
     return table
+
+
+def compared_names(spec: StateSpec) -> list[str]:
+    """Every tensor parity compares: each graph's outputs, and the step input ``latents`` (drift mode)."""
+    return sorted({LATENTS, *(s.name for g in GRAPHS for s in spec.outputs(g))})
+
+
+def check_tolerance_names(table: Mapping[str, float], spec: StateSpec, option: str) -> None:
+    """Raise unless every key of ``table`` is ``""``, a compared tensor of ``spec`` or the kind of one."""
+    names = compared_names(spec)
+    valid = {"", *names, *map(kind_of, names)}
+    unknown = [key for key in table if key not in valid]
+    if not unknown:
+        return
+    key = unknown[0]
+    close = difflib.get_close_matches(key, sorted(valid - {""}), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise Arl2rtError(
+        f"{option} {key}:{table[key]:g}: config {spec.config.name} has no compared tensor or kind {key!r}{hint}; "
+        f"expected a kind or one of its tensors: {_describe(names)}"
+    )
+
+
+def _describe(names: list[str]) -> str:
+    """``context_key.{0-3}, latents, present_state.{0-2}``: each kind with the layers it has."""
+    layers: dict[str, list[int]] = {}
+    for name in names:
+        kind, _, layer = name.partition(".")
+        layers.setdefault(kind, [])
+        if layer:
+            layers[kind].append(int(layer))
+    return ", ".join(f"{kind}.{{{_spans(sorted(ls))}}}" if ls else kind for kind, ls in sorted(layers.items()))
+
+
+def _spans(values: list[int]) -> str:
+    spans, start = [], values[0]
+    for prev, cur in zip(values, [*values[1:], None]):
+        if cur != prev + 1:
+            spans.append(str(start) if start == prev else f"{start}-{prev}")
+            start = cur
+    return ",".join(spans)
 
 
 CompareFunc = Callable[[str, torch.Tensor, torch.Tensor], TensorMetrics]

@@ -13,8 +13,10 @@ A backend's module is imported only when asked for, so a missing optional depend
 from __future__ import annotations
 
 import importlib
+import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -122,6 +124,7 @@ def make_backend(
     package: ModelPackage | None = None,
     dtype: str = "float32",
     device: str | torch.device | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Backend:
     """An inactive backend (use it as a context manager) for a PyTorch ``model`` or an exported ``package``.
 
@@ -131,19 +134,32 @@ def make_backend(
         dtype: precision of the torch backend (float32, float16, bfloat16, float64). Package backends run at the
             precision the package was exported with; this argument does not apply to them.
         device: torch device of the tensors the backend takes and returns; None: the backend's default.
+        options: keyword arguments of the backend's own (tensorrt: ``flavour``, ``max_frames``, ``max_batch``,
+            ``cache_dir``...); a name the backend does not take is an error.
     """
     entry = backend_entry(name)
     device = entry.default_device if device is None else device
+    options = dict(options or {})
+    if options:
+        cls = backend_class(name)
+        takes = [
+            p.name
+            for p in list(inspect.signature(cls).parameters.values())[1:]
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in ("device", "spec")
+        ]
+        unknown = sorted(set(options) - set(takes))
+        if unknown:
+            raise Arl2rtError(f"backend {name}: no option {', '.join(unknown)}; it takes {takes or 'none'}")
     if entry.runs == "model":
         if model is None:
             what = "an exported package" if package is not None else "nothing"
             raise Arl2rtError(f"backend {name}: expected a PyTorch model (--config/--checkpoint), found {what}")
         from arl2rt.export.state_spec import StateSpec
 
-        return backend_class(name)(model, StateSpec(model.cfg, dtype), device)
+        return backend_class(name)(model, StateSpec(model.cfg, dtype), device, **options)
     if package is None:
         what = "a PyTorch model" if model is not None else "nothing"
         raise Arl2rtError(
             f"backend {name}: expected an exported model package (--model DIR, made by `arl2rt export`), found {what}"
         )
-    return backend_class(name)(package, device=device)
+    return backend_class(name)(package, device=device, **options)

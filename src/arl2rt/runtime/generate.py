@@ -33,6 +33,8 @@ from arl2rt.runtime.backends import DEFAULT_BACKEND, backend_entry, make_backend
 from arl2rt.runtime.sources import LoadedModel, load_model
 from arl2rt.runtime.streamer import Streamer
 from arl2rt.runtime.text import resolve_context
+from arl2rt.runtime.trt.flavour import DEFAULT_FLAVOUR
+from arl2rt.runtime.trt.profiles import stream_max_frames
 from arl2rt.runtime.video import check_new_output, check_video_output, open_writer, output_format
 
 DEFAULT_FRAMES = 48  # 3 s at 16 fps
@@ -49,6 +51,7 @@ class GenerateOptions:
     config: str | None = None
     checkpoint: Path | None = None
     backend: str | None = None
+    flavour: str | None = None  # TensorRT library of the tensorrt backend
     prompt: str | None = None
     context: Path | None = None
     frames: int | None = None
@@ -150,6 +153,7 @@ class Plan:
     snapshot: sessions.Snapshot | None  # for a resumed one
     save_dir: Path | None
     notes: list[str]
+    backend_options: dict[str, Any]  # make_backend's options
 
 
 def plan_generate(opts: GenerateOptions) -> Plan:
@@ -173,6 +177,10 @@ def plan_generate(opts: GenerateOptions) -> Plan:
     cfg = loaded.cfg
     runs = "package" if loaded.package is not None else "model"
     backend = backend_entry(opts.backend or recorded("backend") or DEFAULT_BACKEND[runs], "--backend").name
+    flavours = backend_entry(backend).flavours
+    if opts.flavour is not None and opts.flavour not in flavours:
+        takes = f"one of {list(flavours)}" if flavours else "none (a flavour is a TensorRT library: --backend tensorrt)"
+        raise Arl2rtError(f"--flavour {opts.flavour}: backend {backend} takes {takes}")
     dtype = opts.dtype or recorded("dtype") or (loaded.package.spec.dtype if loaded.package is not None else "float32")
     if loaded.package is not None and dtype != loaded.package.spec.dtype:
         raise Arl2rtError(
@@ -215,6 +223,10 @@ def plan_generate(opts: GenerateOptions) -> Plan:
         if record.backend != backend:
             notes.append(f"resumed on {backend}, the session ran on {record.backend}: not bit-identical")
 
+    backend_options: dict[str, Any] = {}
+    if backend == "tensorrt":  # engines for exactly this stream: found in the cache, else built before block 1
+        max_frames = stream_max_frames(cfg, target)
+        backend_options = {"flavour": opts.flavour or DEFAULT_FLAVOUR, "max_frames": max_frames, "max_batch": batch}
     save_dir = Path(opts.save_session) if opts.save_session is not None else (Path(opts.resume) if snapshot else None)
     if save_dir is not None:
         sessions.prepare_session_dir(save_dir, resuming_from=Path(opts.resume) if snapshot else None)
@@ -236,6 +248,7 @@ def plan_generate(opts: GenerateOptions) -> Plan:
         snapshot,
         save_dir,
         notes,
+        backend_options,
     )
 
 
@@ -244,7 +257,12 @@ def run_generate(opts: GenerateOptions, progress: Callable[[Progress], None] | N
     plan = plan_generate(opts)
     cfg, fpb = plan.loaded.cfg, plan.loaded.cfg.frames_per_block
     backend = make_backend(
-        plan.backend, model=plan.loaded.model, package=plan.loaded.package, dtype=plan.dtype, device=plan.device
+        plan.backend,
+        model=plan.loaded.model,
+        package=plan.loaded.package,
+        dtype=plan.dtype,
+        device=plan.device,
+        options=plan.backend_options,
     )
     if plan.save_dir is not None:
         _ = plan.loaded.identity  # hashed (once) before the clock starts

@@ -3,8 +3,9 @@ or the embedded model; and the record a session keeps to load the very same one 
 
 * ``--model PACKAGE``: an exported package (:class:`arl2rt.export.package.ModelPackage`), run by a package backend;
 * ``--config NAME|FILE.json`` with ``--checkpoint PATH``: a PyTorch model
-  (:func:`arl2rt.model.checkpoint.load_checkpoint`); ``--config`` alone gives seeded random weights (smoke tests,
-  benchmarks: the frames are not meaningful);
+  (:func:`arl2rt.model.checkpoint.load_checkpoint`); ``--checkpoint`` alone: the config the file stores (arl2rt
+  safetensors); ``--config`` alone gives seeded random weights (smoke tests, benchmarks: the frames are not
+  meaningful);
 * neither: the embedded model (:mod:`arl2rt.model.embedded`), a pixel-space model with a word vocabulary.
 """
 
@@ -37,7 +38,7 @@ class LoadedModel:
         if s["kind"] == "package":
             return f"package {s['path']}"
         if s["kind"] == "checkpoint":
-            return f"checkpoint {s['path']} (config {s['config']})"
+            return f"checkpoint {s['path']} (config {s['config'] or self.cfg.name})"
         if s["kind"] == "random":
             return f"random weights of config {s['config']}"
         return f"embedded model {s['name']}"
@@ -77,16 +78,14 @@ def load_model(
     the ``recorded`` source of a resumed session, else the embedded model."""
     if package is not None and (config is not None or checkpoint is not None):
         raise Arl2rtError("--model (an exported package) and --config/--checkpoint (PyTorch) exclude each other")
-    if checkpoint is not None and config is None:
-        raise Arl2rtError(f"--checkpoint {checkpoint}: expected --config too (a preset name or a JSON file)")
+    if config is not None and Path(config).is_file():
+        config = str(Path(config).resolve())
     if package is not None:
         source = {"kind": "package", "path": str(Path(package).resolve())}
+    elif checkpoint is not None:  # config None: the one the checkpoint stores
+        source = {"kind": "checkpoint", "path": str(Path(checkpoint).resolve()), "config": config}
     elif config is not None:
-        config = str(Path(config).resolve()) if Path(config).is_file() else config
-        if checkpoint is not None:
-            source = {"kind": "checkpoint", "path": str(Path(checkpoint).resolve()), "config": config}
-        else:
-            source = {"kind": "random", "config": config}
+        source = {"kind": "random", "config": config}
     elif recorded is not None:
         source = recorded
     else:
@@ -102,7 +101,7 @@ def _load_source(source: dict[str, Any]) -> LoadedModel:
         package = ModelPackage.load(Path(source["path"]))
         return LoadedModel(package.config, source, package=package)
     if kind == "checkpoint":
-        cfg = load_config(source["config"])
+        cfg = load_config(source["config"]) if source.get("config") is not None else None
         try:
             from arl2rt.model.checkpoint import load_checkpoint
         except ImportError as exc:

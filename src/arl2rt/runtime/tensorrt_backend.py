@@ -1,13 +1,16 @@
 """The TensorRT backend: runs a package's three step engines on a CUDA GPU through the same Streamer as every backend.
 
 Activation finds the engines (an explicit ``engine_dir`` written by ``arl2rt build``, verified against this machine, or
-the engine cache, building on a miss), deserializes them and makes one execution context per graph. A step binds every
-tensor by address (``set_tensor_address``): inputs are the Streamer's tensors, outputs are written into the buffers the
-caller passes in ``out`` (the StateStore's spare states: ping-pong, no copies; or, for an engine whose plugin updates
-the state in place, the input's own buffer) or into new tensors; the block's K/V come back as outputs that the
-StateStore writes into its cache. ``denoise_step`` runs four times per block with the same shapes and state
-addresses, so it is captured as a CUDA graph on its second call and replayed (the per-pass latents, timestep and
-frame offset are copied into the graph's static inputs first).
+the engine cache, building on a miss), deserializes them and makes one execution context per graph. Engines whose
+profiles are wider than asked for serve too, so a stream runs on what ``arl2rt build`` made for a longer one; one
+that needs more gets engines built for it before its first block (``arl2rt generate`` asks for its own length).
+
+A step binds every tensor by address (``set_tensor_address``): inputs are the Streamer's tensors, outputs are written
+into the buffers the caller passes in ``out`` (the StateStore's spare states: ping-pong, no copies; or, for an engine
+whose plugin updates the state in place, the input's own buffer) or into new tensors; the block's K/V come back as
+outputs that the StateStore writes into its cache. ``denoise_step`` runs four times per block with the same shapes
+and state addresses, so it is captured as a CUDA graph on its second call and replayed (the per-pass latents,
+timestep and frame offset are copied into the graph's static inputs first).
 
 Errors name what to do: TensorRT missing (how to install), no or unsupported GPU, a plugin creator missing at
 deserialization (import the plugin module for JIT plugins, or rebuild with AOT plugins), engines built for another
@@ -110,7 +113,8 @@ class TensorRTBackend(Backend):
             None: the engine cache (``cache_dir``), building the engines on a miss.
         device: a CUDA device.
         flavour: ``"tensorrt"`` or ``"tensorrt-rtx"`` (RTX GPUs; not compute capability 9.0/10.0).
-        max_frames, max_batch: the profile to build or look up (as ``arl2rt build``).
+        max_frames, max_batch: the longest stream and largest batch to run (as ``arl2rt build``): engines whose
+            profiles contain them are used, else engines for exactly these are built.
         cuda_graphs: capture ``denoise_step`` as a CUDA graph while its shapes and state addresses stay the same.
     """
 
@@ -154,9 +158,9 @@ class TensorRTBackend(Backend):
         torch.cuda.set_device(self.device)
         if self.package.plugin_mode == "jit":
             register_trt_plugins()  # JIT plugin creators must exist before deserialization (AOT engines embed theirs)
-        key, _ = engine_key(self.package, flavour, max_frames=self.max_frames, max_batch=self.max_batch)
         if self.engine_dir is not None:
-            entry = read_entry(Path(self.engine_dir), expected_key=key)
+            key, _ = engine_key(self.package, flavour, max_frames=self.max_frames, max_batch=self.max_batch)
+            entry = read_entry(Path(self.engine_dir), expected_key=key, exact=False)
         else:
             entry = build_engines(
                 self.package,
@@ -164,6 +168,7 @@ class TensorRTBackend(Backend):
                 max_frames=self.max_frames,
                 max_batch=self.max_batch,
                 cache_dir=self.cache_dir or default_cache_dir(),
+                reuse_wider=True,
             ).entry
         trt = flavour.module
         logger = make_logger(flavour)
@@ -209,7 +214,8 @@ class TensorRTBackend(Backend):
             if not ctx.set_input_shape(s.name, tuple(tensor.shape)):
                 raise Arl2rtError(
                     f"{graph}: input {s.name} shape {list(tensor.shape)} is outside the engine's profile; "
-                    "rebuild with a larger --max-frames / --max-batch"
+                    "give the backend the stream's length and batch (max_frames, max_batch; `arl2rt generate` does) "
+                    "or build for them: arl2rt build --max-frames / --max-batch"
                 )
             ctx.set_tensor_address(s.name, tensor.data_ptr() if tensor.numel() else _nonnull(self.device, keep))
         outputs = {}

@@ -5,7 +5,8 @@
   environment is read once, on the first call, and the answer holds for the rest of the process: the plugin
   descriptions registered with TensorRT and the engine cache key must agree.
 * :func:`plugin_sources_digest` — the sha256 of the plugin package's sources and the installed Triton version, for the
-  engine cache key (both change the kernels an engine is built with).
+  engine cache key (both change the kernels an engine is built with; an AOT engine embeds its PTX, so its key leaves
+  the version out: the machine that runs it may have no Triton).
 
 Registering the plugins with TensorRT is :mod:`arl2rt.plugins.gdn.trt_register`'s job (the plugin module reads this
 one, so this one must not name it).
@@ -57,9 +58,10 @@ def triton_version() -> str:
     return ", ".join(f"{d} {importlib.metadata.version(d)}" for d in dists) or "absent"
 
 
-def plugin_sources_digest() -> str:
-    """sha256 of everything the plugins' kernels are made of: the ``arl2rt.plugins`` sources and the Triton version."""
-    h = hashlib.sha256(f"triton {triton_version()}".encode())
+def plugin_sources_digest(*, triton: bool = True) -> str:
+    """sha256 of everything the plugins' kernels are made of: the ``arl2rt.plugins`` sources and (``triton``) the
+    Triton version."""
+    h = hashlib.sha256(f"triton {triton_version()}".encode() if triton else b"")
     for name, file in sorted(_python_files(importlib.resources.files(_SOURCES_PACKAGE)), key=lambda f: f[0]):
         h.update(name.encode() + hashlib.sha256(file.read_bytes()).hexdigest().encode())
     return h.hexdigest()

@@ -2,7 +2,12 @@
 
 One call parses each graph, checks the parsed network's inputs and outputs against the StateSpec, builds it with an
 optimization profile over ``batch`` and ``past_len`` and stores the three engines as one cache entry. A cache hit skips
-all of it; a corrupt entry is reported and rebuilt.
+all of it; a corrupt entry is reported and rebuilt. A backend about to run a stream takes any entry that serves it
+(``reuse_wider``: wider profiles, any optimization level) before building one.
+
+The key holds the plugin sources' digest for a ``tensorrt`` package; for JIT plugins also the Triton version, which
+compiles their kernels at run time. AOT engines embed their PTX, so their key leaves Triton out and an engine built
+with Triton is found where none is installed.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import arl2rt
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import GRAPHS
 from arl2rt.files import sha256_file
-from arl2rt.plugins.gdn.trt_config import plugin_sources_digest, trt_plugin_config
+from arl2rt.plugins.gdn.trt_config import plugin_sources_digest, triton_version, trt_plugin_config
 from arl2rt.plugins.gdn.trt_register import register_trt_plugins
 from arl2rt.runtime.trt.cache import CacheEntry, EngineCache
 from arl2rt.runtime.trt.flavour import DEFAULT_FLAVOUR, Flavour, device_key, load_flavour
@@ -127,7 +132,10 @@ def engine_key(
         "target": package.target,
         "precision": package.spec.dtype,
         "onnx": {g: graph_digest(package.graph_path(g), protos[g], known) for g in GRAPHS},
-        "plugin": {"sources": plugin_sources_digest(), "in_place_state": trt_plugin_config().in_place_state}
+        "plugin": {
+            "sources": plugin_sources_digest(triton=package.plugin_mode != "aot"),
+            "in_place_state": trt_plugin_config().in_place_state,
+        }
         if package.target == "tensorrt"
         else None,
         "profiles": {
@@ -149,9 +157,14 @@ def build_engines(
     compute_capabilities: tuple[str, ...] = (),
     optimization_level: int | None = None,
     rebuild: bool = False,
+    reuse_wider: bool = False,
     progress: Progress | None = None,
 ) -> BuildResult:
-    """Engines for ``package`` (a ModelPackage or its directory) built by ``flavour`` "tensorrt" or "tensorrt-rtx"."""
+    """Engines for ``package`` (a ModelPackage or its directory) built by ``flavour`` "tensorrt" or "tensorrt-rtx".
+
+    ``reuse_wider``: a cached entry whose engines serve this key (wider profiles, another optimization level) is a hit
+    too (:meth:`EngineCache.find`), as a stream needs; ``arl2rt build`` builds exactly what it is asked for.
+    """
     say = progress or (lambda msg: None)
     package = _load_package(package)
     flavour = flavour if isinstance(flavour, Flavour) else load_flavour(flavour)
@@ -164,7 +177,7 @@ def build_engines(
         optimization_level=optimization_level,
     )
     cache = EngineCache(cache_dir or default_cache_dir())
-    found = cache.lookup(key)
+    found = cache.find(key) if reuse_wider and not rebuild else cache.lookup(key)
     if found.status == "hit" and not rebuild:
         say(f"cache hit: {found.entry.path}")
         return BuildResult(found.entry, "hit")
@@ -211,6 +224,8 @@ def build_engines(
         seconds[graph] = round(time.perf_counter() - start, 3)
         say(f"{graph}: {len(built.plan)} bytes in {seconds[graph]:.1f} s")
     info = {"build_seconds": seconds, "arl2rt_version": arl2rt.__version__, "package": str(package.root)}
+    if package.target == "tensorrt":
+        info["triton"] = triton_version()  # what compiled the plugin kernels (AOT keys leave it out)
     entry = cache.store(key, engines, info)
     status = "rebuilt" if found.status == "corrupt" else "built"
     return BuildResult(entry, status, found.reason, seconds, networks)
