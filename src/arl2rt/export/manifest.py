@@ -14,6 +14,7 @@ from pathlib import Path
 
 from arl2rt import __version__
 from arl2rt.errors import Arl2rtError
+from arl2rt.export.provenance import WEIGHTS_FIELD
 from arl2rt.export.state_spec import GRAPHS, StateSpec
 from arl2rt.files import file_record, record_digest
 from arl2rt.plugins.gdn.plugin_spec import PluginSpec
@@ -62,9 +63,11 @@ def build_manifest(
     files: list[str],
     plugin_mode: str | None = None,
     plugins: tuple[PluginSpec, ...] = (),
+    weights: dict | None = None,
 ) -> dict:
     """The manifest of a package whose ``files`` (relative to ``root``) are all written; ``plugins``: those whose
-    nodes the graphs carry, in ``plugin_mode`` (tensorrt: ``aot`` or ``jit``)."""
+    nodes the graphs carry, in ``plugin_mode`` (tensorrt: ``aot`` or ``jit``); ``weights``: the record of the weights
+    the package was exported from (:mod:`arl2rt.export.provenance`). The manifest's own digest covers all of it."""
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -93,6 +96,8 @@ def build_manifest(
             }
             for p in plugins
         ]
+    if weights is not None:
+        manifest[WEIGHTS_FIELD] = weights
     manifest[DIGEST_FIELD] = manifest_digest(manifest)
     return manifest
 

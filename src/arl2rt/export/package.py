@@ -31,7 +31,7 @@ from arl2rt.errors import Arl2rtError
 from arl2rt.export.external_data import SharedWeights, check_external_data
 from arl2rt.export.manifest import build_manifest, check_manifest, check_manifest_digest
 from arl2rt.export.onnx_export import EXPORT_DTYPES, EXPORT_OPSET, export_graph
-from arl2rt.export.provenance import WEIGHTS_FIELD, weights_record
+from arl2rt.export.provenance import weights_record
 from arl2rt.export.state_spec import GRAPHS, PAST_LEN, StateSpec, TensorSpec
 from arl2rt.export.targets import TRT_PLUGIN_MODES, apply_target, get_target
 from arl2rt.files import check_file, sha256_file
@@ -389,8 +389,8 @@ def export_package(
             files=files,
             plugin_mode=plugin_mode,
             plugins=tgt.plugins(plugin_mode),
+            weights=weights_of,
         )
-        manifest[WEIGHTS_FIELD] = weights_of
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         _install(tmp, out_dir)
     except BaseException:
