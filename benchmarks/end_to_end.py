@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> dict:
                 frames += video.shape[2]
                 peaks.append(torch.cuda.max_memory_allocated(device))
                 if b == 0:
-                    cache_bytes = sum(t.numel() * t.element_size() for t in vae.caches.values())
+                    cache_bytes = sum(t.numel() * t.element_size() for t in vae.caches)
                 if b % 10 == 0:
                     log(f"block {b + 1}/{blocks}: {frames} frames, peak {peaks[-1] / GIB:.1f} GiB")
         stream_s = time.perf_counter() - t_stream

@@ -1,5 +1,6 @@
 """Shared fixtures: seeded tiny and micro models, random (never zero) inputs, the micro model's exports traced once
-per session (micro_packages.py); NaN-poisoned library allocations."""
+per session (micro_packages.py), with a tiny VAE decoder too (micro_vae_packages.py); NaN-poisoned library
+allocations."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch.utils._device
 from arl2rt.model.config import PRESETS, ModelConfig
 from arl2rt.model.random import random_context, random_model
 from micro_packages import MICRO, MicroExports
+from micro_vae_packages import MicroVaeExports
 
 
 @pytest.fixture
@@ -44,6 +46,12 @@ def micro_context() -> torch.Tensor:
 def micro_exports(micro_model, tmp_path_factory) -> MicroExports:
     """The micro model's graphs and packages, each traced or built once per session (read-only: see its docstring)."""
     return MicroExports(micro_model, tmp_path_factory.mktemp("micro-packages"))
+
+
+@pytest.fixture(scope="session")
+def micro_vae_exports(micro_exports, tmp_path_factory) -> MicroVaeExports:
+    """The micro model with a tiny VAE decoder: decode graphs traced once per session, packages built once."""
+    return MicroVaeExports(micro_exports, tmp_path_factory.mktemp("micro-vae-packages"))
 
 
 _EMPTY_FACTORIES = ("empty", "empty_like", "empty_strided")

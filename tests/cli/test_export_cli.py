@@ -16,6 +16,7 @@ from arl2rt.cli.main import app
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import StateSpec
 from arl2rt.model.config import PRESETS
+from arl2rt.model.vae.config import WAN21_VAE
 
 
 def _text(result) -> str:
@@ -85,6 +86,15 @@ def test_export_defaults_and_table(calls, tmp_path):
     defaults = (kwargs["target"], kwargs["dtype"], kwargs["opset"], kwargs["trt_plugin"], kwargs["overwrite"])
     assert defaults == ("onnxruntime", "float32", None, None, False)
     assert "weights.bin" in result.output and "total" in result.output and "exported random weights" in _text(result)
+
+
+def test_export_vae_loads_the_decoder_for_the_package(calls, monkeypatch, tmp_path):
+    decoder = object()
+    loaded = []
+    monkeypatch.setattr(export_cli, "load_decoder", lambda path, config: loaded.append((path, config)) or decoder)
+    result = CliRunner().invoke(app, ["export", "-o", str(tmp_path / "pkg"), "--vae", str(tmp_path / "vae.pth")])
+    assert result.exit_code == 0, result.output
+    assert loaded == [(tmp_path / "vae.pth", WAN21_VAE)] and calls["export_package"][1]["vae"] is decoder
 
 
 def test_export_user_error_exits_1_without_traceback(monkeypatch, tmp_path):

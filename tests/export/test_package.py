@@ -12,6 +12,7 @@ from arl2rt.errors import Arl2rtError
 from arl2rt.export import package as package_module
 from arl2rt.export.manifest import DIGEST_FIELD, manifest_digest
 from arl2rt.export.package import GRAPH_FILES, MANIFEST_NAME, WEIGHTS_NAME, ModelPackage, export_package
+from arl2rt.export.state_spec import GRAPHS
 from arl2rt.files import sha256_file
 from micro_packages import MICRO
 
@@ -48,7 +49,7 @@ def test_writes_a_complete_verified_package(tmp_path, fast_export, micro_model):
     progress = []
     pkg = export_package(micro_model, tmp_path / "pkg", target="onnxruntime", progress=lambda *a: progress.append(a))
     files = sorted(p.name for p in pkg.root.iterdir())
-    assert files == sorted([MANIFEST_NAME, WEIGHTS_NAME, *GRAPH_FILES.values()])
+    assert files == sorted([MANIFEST_NAME, WEIGHTS_NAME, *(GRAPH_FILES[g] for g in GRAPHS)])
     assert [p.name for p in tmp_path.iterdir()] == ["pkg"]  # no temporary directory left
     assert [done for done, _, _ in progress] == list(range(8)) and progress[0][2] == "trace encode_context"
     m = pkg.manifest

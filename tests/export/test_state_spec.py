@@ -11,15 +11,21 @@ import pytest
 import arl2rt
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import (
+    DECODE_GRAPHS,
     FRAME_OFFSET,
+    GRAPHS,
     PAST_KV,
     PAST_STATE,
+    PAST_VAE,
     PRESENT_KV,
     PRESENT_STATE,
+    PRESENT_VAE,
     StateSpec,
     kind_of,
 )
+from arl2rt.model.vae.caches import cache_bytes, cache_specs
 from micro_configs import micro_config
+from micro_vae_packages import VAE
 
 MICRO = micro_config("state-spec-micro")  # layer 0 hybrid, layer 1 softmax
 
@@ -45,8 +51,11 @@ def test_helpers_name_what_is_wrong():
         spec.present_of("velocity")
 
 
-# A state tensor's name (or the prefix of one) in a string: "past_state.", f"present_{kv}.", "context_key", ...
-_SPELLED = re.compile(r"\b(?:past|present|context)_(?:state|key|value|\{|$)|\bframe_offset\b")
+# A state tensor's name (or the prefix of one) in a string: "past_state.", f"present_{kv}.", "context_key",
+# "past_vae.", "vae_latents", "first_frames", ...
+_SPELLED = re.compile(
+    r"\b(?:past|present|context)_(?:state|key|value|vae|\{|$)|\bframe_offset\b|\bvae_latents\b|\bfirst_frames\b"
+)
 _SRC = Path(arl2rt.__file__).parent
 # the GDN plugin's own port names (past_state/present_state of one op), a layer below the state contract
 _ALLOWED = ("export/state_spec.py", "plugins/")
@@ -85,5 +94,41 @@ def test_no_module_but_the_state_spec_spells_a_state_tensor_name():
 
 
 def test_the_check_sees_a_respelled_name():
-    tree = ast.parse('"""past_state.0 in a docstring is fine"""\nx = f"present_key.{i}"\ny = "past_"\n')
-    assert [line for line, text in _strings(tree) if _SPELLED.search(text)] == [2, 3]
+    tree = ast.parse(
+        '"""past_state.0 in a docstring is fine"""\nx = f"present_key.{i}"\ny = "past_"\nz = "past_vae."\n'
+    )
+    assert [line for line, text in _strings(tree) if _SPELLED.search(text)] == [2, 3, 4]
+
+
+def test_the_vae_caches_are_a_kind_of_the_contract():
+    """past_vae.i / present_vae.i, one per causal conv, shaped from the DiT's latent size; decode graphs with a VAE."""
+    cfg = micro_config("vae-micro", latent_width=6, frames_per_block=2)  # 4x6 latents, z_dim 4 = out_channels
+    plain, spec = StateSpec(cfg, "bfloat16"), StateSpec(cfg, "bfloat16", VAE)
+    assert plain.graphs == GRAPHS and spec.graphs == GRAPHS + DECODE_GRAPHS
+    assert plain.to_dict()["graphs"].keys() == set(GRAPHS) and spec.to_dict()["graphs"].keys() == set(spec.graphs)
+    past, present = spec.vae_caches(PAST_VAE), spec.vae_caches(PRESENT_VAE)
+    caches = cache_specs(VAE)
+    assert [s.name for s in past] == [f"past_vae.{i}" for i in range(32)] == [f"past_vae.{c.index}" for c in caches]
+    assert [s.shape for s in present] == [("batch", *c.shape(1, 4, 6)[1:]) for c in caches]
+    assert {s.dtype for s in past + present} == {"bfloat16"}  # the package dtype; frames leave in fp32
+    assert spec.past_of("present_vae.31") == "past_vae.31" and spec.present_of("past_vae.0") == "present_vae.0"
+    assert kind_of("past_vae.3") == PAST_VAE and spec.tensor("past_vae.3").layer == 3
+    assert spec.vae_cache_bytes(batch=2) == cache_bytes(VAE, 2, 4, 6, "bfloat16") and plain.vae_cache_bytes() == 0
+
+    assert [s.name for s in spec.inputs("decode_first")] == ["vae_latents"]
+    assert [s.name for s in spec.inputs("decode_step")] == ["vae_latents", *(s.name for s in past)]
+    assert spec.outputs("decode_first")[1:] == spec.outputs("decode_step")[1:] == present
+    first, steady = spec.outputs("decode_first")[0], spec.outputs("decode_step")[0]
+    assert (first.name, first.shape, first.dtype) == ("first_frames", ("batch", 3, 5, 32, 48), "float32")
+    assert (steady.name, steady.shape, steady.dtype) == ("frames", ("batch", 3, 8, 32, 48), "float32")
+    assert spec.vae_latents().shape == ("batch", 4, 2, 4, 6) and spec.vae_latents().dtype == "float32"
+    assert spec.decode_graph(first=True) == "decode_first" and spec.decode_graph(first=False) == "decode_step"
+
+
+def test_vae_contract_errors_name_what_is_wrong():
+    with pytest.raises(Arl2rtError, match="VAE config 'vae-tiny': expected z_dim = 16 .* found 4"):
+        StateSpec(micro_config("wide", in_channels=16, out_channels=16), vae=VAE)
+    with pytest.raises(Arl2rtError, match="step graph 'decode_step': config 'state-spec-micro' has no VAE decoder"):
+        StateSpec(MICRO).inputs("decode_step")
+    with pytest.raises(Arl2rtError, match="this state contract has no VAE decoder"):
+        StateSpec(MICRO).vae_caches(PAST_VAE)

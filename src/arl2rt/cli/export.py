@@ -1,4 +1,5 @@
-"""``arl2rt export``: a model package (three step graphs, weights, manifest) for one target and precision."""
+"""``arl2rt export``: a model package (three step graphs, weights, manifest) for one target and precision; with
+``--vae FILE`` also the Wan2.1 VAE decoder's two decode graphs."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from rich.table import Table
 from arl2rt.cli._common import deprecated, err, out, print_json, user_errors
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.package import export_package
+from arl2rt.model.vae.checkpoint import load_decoder
+from arl2rt.model.vae.config import WAN21_VAE
 from arl2rt.runtime.backends import DEFAULT_TARGET
 from arl2rt.runtime.sources import load_model
 
@@ -67,12 +70,21 @@ def export(
             "(one gdn_state_update node; its kernels run through Python)."
         ),
     ] = None,
+    vae: Annotated[
+        Path | None,
+        typer.Option(
+            help="Wan2.1 VAE checkpoint (Wan2.1_VAE.pth, or diffusers' AutoencoderKLWan weights or vae/ folder): the "
+            "package also holds its decode_first and decode_step graphs."
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a package already at OUTPUT.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Export a model's encode_context, denoise_step and commit_step graphs with every state as named I/O."""
+    """Export a model's encode_context, denoise_step and commit_step graphs (with --vae also decode_first and
+    decode_step) with every state as named I/O."""
     output = _output(output, ctx.args)
     loaded = load_model(config=config, checkpoint=checkpoint)
+    with_vae = {"vae": load_decoder(vae, WAN21_VAE)} if vae is not None else {}
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     start = time.perf_counter()
     with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
@@ -91,6 +103,7 @@ def export(
             progress=progress,
             overwrite=overwrite,
             source=loaded.description,
+            **with_vae,
         )
     seconds = time.perf_counter() - start
     files = package.manifest["files"]

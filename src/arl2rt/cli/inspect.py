@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from arl2rt.cli._common import out, print_json, user_errors
-from arl2rt.export.package import GRAPH_FILES, ModelPackage
+from arl2rt.export.package import ModelPackage
 
 app = typer.Typer()
 
@@ -45,7 +45,7 @@ def inspect(
     contract.columns[2].no_wrap = True
     for t in info["tensors"]:
         size = _bytes(t["bytes"]) + (" per past frame" if t["per_past_frame"] else "")
-        graphs = "+".join(g.split("_")[0] for g in t["graphs"])  # encode, denoise, commit
+        graphs = "+".join(g.removesuffix("_step").removesuffix("_context") for g in t["graphs"])  # encode, decode_first
         shape = escape("[" + ", ".join(map(str, t["shape"])) + "]")
         contract.add_row(graphs, t["io"], t["name"], shape, t["dtype"], size)
     out.print(contract)
@@ -53,8 +53,9 @@ def inspect(
     out.print(
         f"per stream: GDN states {_bytes(mem['gdn_states'])} (constant), text K/V {_bytes(mem['context_kv'])}, "
         f"softmax K/V cache +{_bytes(mem['kv_cache_per_latent_frame'])} per latent frame"
+        + (f", VAE caches {_bytes(mem['vae_caches'])} (constant)" if mem.get("vae_caches") else "")
     )
-    graphs = list(GRAPH_FILES)
+    graphs = list(info["ops"])
     ops = sorted(
         {op for g in graphs for op in info["ops"][g]}, key=lambda op: -sum(info["ops"][g].get(op, 0) for g in graphs)
     )

@@ -3,7 +3,8 @@
 Written last by the exporter and read first by every backend. :func:`check_manifest` validates the schema and
 raises an Arl2rtError naming the manifest, the field, what was expected and what was found. The manifest records the
 sha256 of its own content (``manifest_sha256``) beside those of the files, so one verified manifest vouches for the
-whole package: an edited field (opset, target, dtype) is refused by :func:`check_manifest_digest`.
+whole package: an edited field (opset, target, dtype) is refused by :func:`check_manifest_digest`. A package with a
+VAE decoder records its config under ``vae`` and lists the decode graphs beside the DiT's.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from arl2rt import __version__
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.provenance import WEIGHTS_FIELD
-from arl2rt.export.state_spec import GRAPHS, StateSpec
+from arl2rt.export.state_spec import DECODE_GRAPHS, GRAPHS, StateSpec
 from arl2rt.files import file_record, record_digest
 from arl2rt.plugins.gdn.plugin_spec import PluginSpec
 
@@ -80,10 +81,12 @@ def build_manifest(
         "tokens_per_block": spec.config.tokens_per_block,
         "config": spec.config.to_dict(),
         "state_spec": spec.to_dict(),
-        "graphs": {g: {"file": graph_files[g], "passes": passes[g]} for g in GRAPHS},
+        "graphs": {g: {"file": graph_files[g], "passes": passes[g]} for g in spec.graphs},
         "files": {f: file_record(root / f) for f in sorted(files)},
         "exporter": {"method": "torch.onnx.export(dynamo=True)", "versions": _versions()},
     }
+    if spec.vae is not None:
+        manifest["vae"] = spec.vae.to_dict()
     if plugin_mode is not None:
         manifest["trt_plugin"] = plugin_mode
     if plugins:
@@ -141,8 +144,13 @@ def check_manifest(manifest: object, source: Path, graph_files: dict[str, str]) 
             f"(package written by arl2rt {manifest['arl2rt_version']}, this is {__version__})"
         )
     graphs = manifest["graphs"]
-    if sorted(graphs) != sorted(GRAPHS):
-        raise Arl2rtError(f"{source}: field 'graphs' expected {sorted(GRAPHS)}, found {sorted(graphs)}")
+    expected = GRAPHS + (DECODE_GRAPHS if "vae" in manifest else ())  # the decode graphs come with a VAE config
+    if sorted(graphs) != sorted(expected):
+        raise Arl2rtError(
+            f"{source}: field 'graphs' expected {sorted(expected)}"
+            + (" (the manifest has a 'vae' config)" if "vae" in manifest else "")
+            + f", found {sorted(graphs)}"
+        )
     for g, entry in graphs.items():
         file = entry.get("file") if isinstance(entry, dict) else None
         if file != graph_files[g]:

@@ -4,7 +4,8 @@
 :data:`EXPORT_OPSET`, where attention is still MatMul/Softmax (no opset-23 ``Attention`` node, which TensorRT cannot
 build in fp32: docs/targets.md §1). The GDN write, ``torch.ops.arl2.gdn_state_update``, becomes one
 ``arl2::gdn_state_update`` node through a ``custom_translation_table``; the target passes then rewrite that node.
-Batch and the softmax layers' past length are dynamic (``past_len`` may be 0: the first block has no past).
+Batch and the softmax layers' past length are dynamic (``past_len`` may be 0: the first block has no past). The VAE
+decoder's two graphs (:func:`export_decode_graph`) go the same way, with a dynamic batch only.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import torch
 
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import BATCH, PAST_LEN, StateSpec, TensorSpec
-from arl2rt.export.steps import step_modules
+from arl2rt.export.steps import decode_modules, step_modules
 from arl2rt.model.dit import CausalDiT
+from arl2rt.model.vae.decoder import WanVaeDecoder
 from arl2rt.plugins.gdn.plugin_spec import GDN_PLUGIN, register_onnx_schema
 
 EXPORT_OPSET = 18
@@ -62,16 +64,36 @@ def export_graph(model: CausalDiT, spec: StateSpec, graph: str) -> ir.Model:
     if model.dtype != spec.config_dtype:
         raise Arl2rtError(f"model weights are {model.dtype}; expected {spec.config_dtype} for precision {spec.dtype}")
     module = step_modules(model, spec)[graph].eval()
+    max_past = spec.config.rope_max_positions * spec.config.tokens_per_frame
+    past_len = {PAST_LEN: torch.export.Dim(PAST_LEN, min=0, max=max_past)}
+    # encode_context: forward(context); the steps: forward(*args), all variadic
+    return _export(module, spec, graph, past_len, fixed_args=None if graph == "encode_context" else 0)
+
+
+def export_decode_graph(decoder: WanVaeDecoder, spec: StateSpec, graph: str) -> ir.Model:
+    """``decode_first`` or ``decode_step`` of ``decoder`` as an in-memory ONNX model (weights not yet written).
+
+    Inputs and outputs carry the StateSpec's names (``vae_latents``, ``past_vae.i`` -> frames, ``present_vae.i``);
+    batch is dynamic, every other size is the spec's.
+    """
+    if spec.dtype not in EXPORT_DTYPES:
+        raise Arl2rtError(f"export precision {spec.dtype!r}: expected one of {list(EXPORT_DTYPES)}")
+    module = decode_modules(decoder, spec)[graph].eval()
+    # decode_first: forward(latents); decode_step: forward(latents, *past)
+    return _export(module, spec, graph, {}, fixed_args=None if graph == "decode_first" else 1)
+
+
+def _export(
+    module: torch.nn.Module, spec: StateSpec, graph: str, dims: dict[str, torch.export.Dim], fixed_args: int | None
+) -> ir.Model:
+    """Trace ``module`` on example inputs of ``spec.inputs(graph)``. ``fixed_args``: the number of named arguments
+    before ``forward``'s variadic ``*args`` (None: no variadic part), whose dynamic shapes are one tuple."""
     inputs, outputs = spec.inputs(graph), spec.outputs(graph)
     generator = torch.Generator().manual_seed(0)
     args = tuple(_example(s, generator) for s in inputs)
-    dims = {
-        BATCH: torch.export.Dim(BATCH, min=1, max=4096),
-        PAST_LEN: torch.export.Dim(PAST_LEN, min=0, max=spec.config.rope_max_positions * spec.config.tokens_per_frame),
-    }
+    dims = {BATCH: torch.export.Dim(BATCH, min=1, max=4096), **dims}
     dynamic = tuple(_dynamic_dims(s, dims) for s in inputs)
-    # ``forward(*args)`` takes one variadic argument: its dynamic shapes are one tuple, one entry per tensor.
-    dynamic_shapes = (dynamic,) if graph != "encode_context" else dynamic
+    dynamic_shapes = dynamic if fixed_args is None else (*dynamic[:fixed_args], dynamic[fixed_args:])
     # The exporter prints its progress and warns that our axis names are shared; keep stdout for our results.
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="# The axis name")

@@ -1,4 +1,8 @@
-"""Model packages: a directory with the three step graphs, one shared weights file and ``manifest.json``.
+"""Model packages: a directory with the step graphs, one shared weights file and ``manifest.json``.
+
+The graphs are the DiT's three and, for a package exported with a VAE decoder, the two decode graphs
+(``decode_first.onnx``, ``decode_step.onnx``), whose weights share the same ``weights.bin``; the manifest then records
+the decoder's config (``vae``).
 
 ``export_package`` traces the model once per graph, runs the target's passes, writes everything to a temporary
 directory beside ``out_dir`` and renames it into place only when complete, so a failed export leaves nothing behind
@@ -30,13 +34,15 @@ from google.protobuf.message import DecodeError
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.external_data import SharedWeights, check_external_data
 from arl2rt.export.manifest import build_manifest, check_manifest, check_manifest_digest
-from arl2rt.export.onnx_export import EXPORT_DTYPES, EXPORT_OPSET, export_graph
+from arl2rt.export.onnx_export import EXPORT_DTYPES, EXPORT_OPSET, export_decode_graph, export_graph
 from arl2rt.export.provenance import weights_record
 from arl2rt.export.state_spec import GRAPHS, PAST_LEN, StateSpec, TensorSpec
 from arl2rt.export.targets import TRT_PLUGIN_MODES, apply_target, get_target
 from arl2rt.files import check_file, sha256_file
 from arl2rt.model.config import ModelConfig
 from arl2rt.model.dit import CausalDiT
+from arl2rt.model.vae.config import VaeConfig
+from arl2rt.model.vae.decoder import WanVaeDecoder
 from arl2rt.plugins.gdn.plugin_spec import register_onnx_schema
 
 MANIFEST_NAME = "manifest.json"
@@ -44,6 +50,8 @@ GRAPH_FILES = {
     "encode_context": "encode_context.onnx",
     "denoise_step": "denoise_step.onnx",
     "commit_step": "commit_step.onnx",
+    "decode_first": "decode_first.onnx",
+    "decode_step": "decode_step.onnx",
 }
 WEIGHTS_NAME = "weights.bin"
 
@@ -84,8 +92,8 @@ class ModelPackage:
         return self._weights_digest
 
     def graph_path(self, graph: str) -> Path:
-        if graph not in GRAPH_FILES:
-            raise Arl2rtError(f"unknown step graph {graph!r}; expected one of {list(GRAPH_FILES)}")
+        if graph not in self.spec.graphs:
+            raise Arl2rtError(f"package {self.root}: no step graph {graph!r}; expected one of {list(self.spec.graphs)}")
         return self.root / GRAPH_FILES[graph]
 
     @property
@@ -109,7 +117,7 @@ class ModelPackage:
         """
         per_frame = self.config.tokens_per_frame
         tensors: dict[tuple[str, str], dict] = {}  # (io, name) -> row; a tensor of several graphs is listed once
-        for graph in GRAPH_FILES:
+        for graph in self.spec.graphs:
             for io, specs in (("input", self.spec.inputs(graph)), ("output", self.spec.outputs(graph))):
                 for s in specs:
                     row = tensors.setdefault(
@@ -133,6 +141,7 @@ class ModelPackage:
             "dtype": self.spec.dtype,
             "opset": self.opset,
             "config": self.config.name,
+            "vae": self.spec.vae.name if self.spec.vae is not None else None,
             "tokens_per_block": m["tokens_per_block"],
             "arl2rt_version": m["arl2rt_version"],
             "files": m["files"],
@@ -141,10 +150,11 @@ class ModelPackage:
                 "gdn_states": self.spec.state_bytes(),
                 "context_kv": sum(s.nbytes(batch=1) for s in self.spec.context_kv()),
                 "kv_cache_per_latent_frame": self.spec.kv_bytes_per_frame(),
+                "vae_caches": self.spec.vae_cache_bytes(),
             },
             "tensors": list(tensors.values()),
-            "passes": {g: m["graphs"][g].get("passes", {}) for g in GRAPH_FILES},
-            "ops": {g: self.op_histogram(g) for g in GRAPH_FILES},
+            "passes": {g: m["graphs"][g].get("passes", {}) for g in self.spec.graphs},
+            "ops": {g: self.op_histogram(g) for g in self.spec.graphs},
         }
 
     @classmethod
@@ -171,7 +181,11 @@ class ModelPackage:
                 f"{source}: trt_plugin expected one of {sorted(TRT_PLUGIN_MODES)} for target tensorrt and absent "
                 f"otherwise, found {plugin_mode!r} for target {target}"
             )
-        spec = StateSpec(config, manifest["dtype"])
+        vae = VaeConfig.from_dict(manifest["vae"], f"{source} (vae)") if "vae" in manifest else None
+        try:
+            spec = StateSpec(config, manifest["dtype"], vae)
+        except Arl2rtError as exc:
+            raise Arl2rtError(f"{source}: {exc}") from None
         if manifest["state_spec"] != json.loads(spec.to_json()):
             raise Arl2rtError(
                 f"{source}: state_spec does not match the StateSpec of its config and dtype {manifest['dtype']} "
@@ -185,7 +199,7 @@ class ModelPackage:
         package = cls(root, manifest, config, spec, target, manifest["opset"], plugin_mode)
         package._check_files(verify)
         if verify:
-            for graph in GRAPHS:
+            for graph in spec.graphs:
                 package.check_graph(graph)
         return package
 
@@ -327,8 +341,12 @@ def export_package(
     progress: Progress | None = None,
     overwrite: bool = False,
     source: str | None = None,
+    vae: WanVaeDecoder | None = None,
 ) -> ModelPackage:
     """Export ``model`` as a package for ``target`` with ``dtype`` activations (states stay fp32).
+
+    ``vae``: a VAE decoder whose latents are the model's output (``z_dim`` = ``out_channels``); the package then
+    also holds ``decode_first`` and ``decode_step`` (decoder weights and caches in ``dtype``, frames fp32).
 
     ``trt_plugin`` (target tensorrt only): ``aot`` (default; one kernel per plugin node, engines run without Python)
     or ``jit`` (one ``arl2::gdn_state_update`` node per GDN write).
@@ -345,13 +363,15 @@ def export_package(
         raise Arl2rtError(f"export dtype {dtype!r}: expected one of {list(EXPORT_DTYPES)}")
     out_dir = Path(out_dir)
     _prepare_out_dir(out_dir, overwrite)
-    spec = StateSpec(model.cfg, dtype)
+    spec = StateSpec(model.cfg, dtype, vae.config if vae is not None else None)
     weights_of = weights_record(model, source)  # of the caller's model, before any cast
     if model.dtype != spec.config_dtype or model.patch_embedding.weight.device.type != "cpu":
         model = copy.deepcopy(model).to("cpu", spec.config_dtype)  # export traces on the CPU; never touch the caller's
     model = model.eval()
+    if vae is not None and (vae.dtype != spec.config_dtype or vae.conv_in.weight.device.type != "cpu"):
+        vae = copy.deepcopy(vae).to("cpu", spec.config_dtype)
     register_onnx_schema()
-    total = 2 * len(GRAPHS) + 2
+    total = 2 * len(spec.graphs) + 2
     report = progress or (lambda done, all_, stage: None)
 
     _remove_stale_partials(out_dir)
@@ -360,22 +380,25 @@ def export_package(
         tmp.chmod(0o755)  # mkdtemp makes it private; the package is an ordinary directory
         passes: dict[str, dict[str, int]] = {}
         with SharedWeights(tmp / WEIGHTS_NAME) as weights:
-            for i, graph in enumerate(GRAPHS):
+            for i, graph in enumerate(spec.graphs):
                 report(2 * i, total, f"trace {graph}")
-                onnx_model = export_graph(model, spec, graph)
+                if graph in GRAPHS:
+                    onnx_model = export_graph(model, spec, graph)
+                else:
+                    onnx_model = export_decode_graph(vae.eval(), spec, graph)
                 report(2 * i + 1, total, f"{target} passes, write {graph}")
                 passes[graph] = apply_target(onnx_model, spec, graph, target, opset, plugin_mode)
                 weights.externalize(onnx_model)
                 ir.save(onnx_model, tmp / GRAPH_FILES[graph])
                 del onnx_model
         report(total - 2, total, "onnx checker")
-        for graph in GRAPHS:
+        for graph in spec.graphs:
             try:
                 onnx.checker.check_model(str(tmp / GRAPH_FILES[graph]), full_check=True)
             except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
                 raise Arl2rtError(f"{GRAPH_FILES[graph]}: the onnx checker rejects the exported graph: {exc}") from exc
         report(total - 1, total, "hash files")
-        files = [*GRAPH_FILES.values(), *([WEIGHTS_NAME] if weights.tensors else [])]
+        files = [*(GRAPH_FILES[g] for g in spec.graphs), *([WEIGHTS_NAME] if weights.tensors else [])]
         if not weights.tensors:
             (tmp / WEIGHTS_NAME).unlink()
         manifest = build_manifest(

@@ -1,6 +1,8 @@
-"""The three step graphs as modules with flat, positional tensors in StateSpec order.
+"""The step graphs as modules with flat, positional tensors in StateSpec order.
 
-The torch backend runs these very modules and the exporter traces them, so both compute the same thing.
+The torch backend runs these very modules and the exporter traces them, so both compute the same thing. The DiT's
+three come from :func:`step_modules`; a model with a VAE decoder adds the two decode graphs (:func:`decode_modules`),
+whose caches are positional in :func:`~arl2rt.model.vae.caches.cache_specs` order, the order the StateSpec names them.
 """
 
 from __future__ import annotations
@@ -8,9 +10,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import (
     CONTEXT_KEY,
     CONTEXT_VALUE,
+    DECODE_FIRST,
+    DECODE_STEP,
     FRAME_OFFSET,
     LATENTS,
     PAST_KEY,
@@ -23,6 +28,8 @@ from arl2rt.export.state_spec import (
     StateSpec,
 )
 from arl2rt.model.dit import CausalDiT
+from arl2rt.model.vae.decoder import WanVaeDecoder
+from arl2rt.model.vae.stream import FirstBlockDecode, SteadyBlockDecode
 
 
 class EncodeContext(nn.Module):
@@ -80,3 +87,20 @@ def step_modules(model: CausalDiT, spec: StateSpec) -> dict[str, nn.Module]:
         "denoise_step": DenoiseStep(model, spec),
         "commit_step": CommitStep(model, spec),
     }
+
+
+def decode_modules(decoder: WanVaeDecoder, spec: StateSpec) -> dict[str, nn.Module]:
+    """Graph name -> module for the two decode graphs: ``decode_first`` (latents -> frames and the present caches)
+    and ``decode_step`` (latents and the past caches -> frames and the present caches)."""
+    if spec.vae is None:
+        raise Arl2rtError(f"config {spec.config.name!r}: a VAE decoder was given, but the state contract has none")
+    if decoder.config != spec.vae:
+        ours, theirs = spec.vae.to_dict(), decoder.config.to_dict()
+        differ = [k for k in ours if ours[k] != theirs[k]]
+        raise Arl2rtError(
+            f"VAE decoder: expected the state contract's config {spec.vae.name!r}, found config "
+            f"{decoder.config.name!r}, which differs in {differ}"
+        )
+    if decoder.dtype != spec.config_dtype:
+        raise Arl2rtError(f"VAE decoder weights are {decoder.dtype}; expected {spec.config_dtype} for {spec.dtype}")
+    return {DECODE_FIRST: FirstBlockDecode(decoder), DECODE_STEP: SteadyBlockDecode(decoder)}

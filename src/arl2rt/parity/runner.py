@@ -7,6 +7,9 @@ polygraphy's Comparator feeds every runner the same inputs. Two modes answer two
 * ``drift``: two independent streams. Each backend feeds itself its own outputs (states, K/V, re-noised latents), so
   errors compound over blocks: this is what a user sees in a long video. Step inputs (``latents``) are compared too,
   so the commit step's ``latents`` is the block's emitted result.
+
+With a VAE decoder in the contract both streams also decode every block (``decode_first``, then ``decode_step``), and
+those steps are recorded like the DiT's: frames and present VAE caches, per step and over the stream.
 * ``step``: teacher forcing. At every step of the reference stream the candidate runs on the reference's exact
   feeds, cast to the candidate's dtypes, so each record measures the error of one step alone.
 
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from arl2rt.errors import Arl2rtError
-from arl2rt.export.state_spec import TensorSpec
+from arl2rt.export.state_spec import LATENTS, TensorSpec
 from arl2rt.model.scheduler import FlowMatchScheduler
 from arl2rt.parity.compare import Tolerances, compare_func
 from arl2rt.parity.result import MODES, ParityResult, StepResult
@@ -100,6 +103,11 @@ def run_parity(
     batch = context.shape[0]
     max_frames = blocks * reference.spec.config.frames_per_block
     pending: dict[tuple[str, int, int], dict[str, torch.Tensor]] = {}
+    latents = reference.spec.name(LATENTS)
+
+    def step_latents(feeds: dict) -> dict:
+        """The DiT steps' per-pass latents (a decode step's input is the commit's, compared there)."""
+        return {latents: feeds[latents]} if latents in feeds else {}
 
     def record(mode: str, graph: str, block: int, pass_index: int, ref: dict, cand: dict) -> None:
         tensors = {name: compare(name, ref[name], cand[name]) for name in ref}
@@ -108,8 +116,10 @@ def run_parity(
     def reference_hook(graph: str, block: int, pass_index: int, feeds: dict, outputs: dict) -> None:
         ref_out = _snapshot(outputs)
         if "drift" in modes:
-            pending[(graph, block, pass_index)] = {**_snapshot({"latents": feeds["latents"]}), **ref_out}
-        capture = block == capture_block and (graph == "commit_step" or pass_index == last_denoise)
+            pending[(graph, block, pass_index)] = {**_snapshot(step_latents(feeds)), **ref_out}
+        capture = block == capture_block and (
+            graph == "commit_step" or graph == "denoise_step" and pass_index == last_denoise
+        )
         if "step" not in modes and not capture:
             return
         cand_feeds = cast_feeds(feeds, candidate.spec.inputs(graph), candidate.device)
@@ -120,7 +130,7 @@ def run_parity(
 
     def candidate_hook(graph: str, block: int, pass_index: int, feeds: dict, outputs: dict) -> None:
         ref = pending.pop((graph, block, pass_index))
-        record("drift", graph, block, pass_index, ref, {"latents": feeds["latents"], **outputs})
+        record("drift", graph, block, pass_index, ref, {**step_latents(feeds), **outputs})
 
     ref_stream = Streamer(reference, seed=seed, batch=batch, max_frames=max_frames, hook=reference_hook)
     ref_stream.start(context)

@@ -1,9 +1,11 @@
-"""The onnxruntime backend: runs a model package's three step graphs with IO binding, on the CUDA EP or the CPU EP.
+"""The onnxruntime backend: runs a model package's step graphs with IO binding, on the CUDA EP or the CPU EP.
 
 Every input is bound by pointer to the torch tensor the Streamer holds, and every output to a torch tensor this backend
 allocates or to the buffer the caller passes in ``out`` (the StateStore's spare state: ping-pong). So ``present_state``
 of one commit is written straight into the buffer that becomes ``past_state`` of the next step, and no state is copied
 on its way through onnxruntime. The only copies: a feed that is not contiguous (past K/V views of a batch > 1 cache).
+A package with a VAE decoder adds its two decode graphs: the past VAE caches are bound by pointer like the states,
+and each present cache is written into a fresh torch tensor that the StateStore keeps as the next past (no copy).
 
 The CUDA EP runs when the device is CUDA (``onnxruntime-gpu`` installed and a GPU present; ``device="auto"`` picks it
 then), binding torch CUDA pointers and ordering work on torch's current stream; otherwise the CPU EP.
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from arl2rt.errors import Arl2rtError
-from arl2rt.export.state_spec import GRAPHS, TensorSpec
+from arl2rt.export.state_spec import TensorSpec
 from arl2rt.runtime.backend import Backend
 
 if TYPE_CHECKING:
@@ -71,7 +73,8 @@ def resolve_device(device: torch.device | str) -> torch.device:
 
 
 class OnnxRuntimeBackend(Backend):
-    """Runs ``encode_context``, ``denoise_step`` and ``commit_step`` of a :class:`ModelPackage` with onnxruntime.
+    """Runs ``encode_context``, ``denoise_step``, ``commit_step`` (and ``decode_first``, ``decode_step`` of a package
+    with a VAE decoder) of a :class:`ModelPackage` with onnxruntime.
 
     Args:
         package: a loaded model package (its StateSpec is this backend's contract).
@@ -113,7 +116,7 @@ class OnnxRuntimeBackend(Backend):
             options.log_severity_level = 3
         errors = (*_ort_errors(), OSError)
         sessions = {}
-        for graph in GRAPHS:
+        for graph in self.spec.graphs:
             path = Path(self.package.graph_path(graph))
             if not path.is_file():
                 raise Arl2rtError(f"{path}: graph file of {graph} not found in package {self.package.root}")

@@ -3,7 +3,8 @@
 A session directory holds one complete snapshot, named by a pointer file::
 
     DIR/LATEST                      "snap-000012" (replaced atomically: write a temp file, fsync, rename)
-    DIR/snap-000012/state.safetensors   GDN states, valid K/V of every cache, text K/V, the noise generator's state
+    DIR/snap-000012/state.safetensors   GDN states, valid K/V of every cache, text K/V, VAE caches (a model with a
+                                    VAE decoder, once a block is decoded), the noise generator's state
     DIR/snap-000012/session.json    position (block, frame, RoPE frame), model identity, config, precision, backend,
                                     seed, target length, output writer state (with the sha256 of the output up to
                                     the snapshot), the sha256 of state.safetensors, and the sha256 of the record itself
@@ -38,6 +39,7 @@ from arl2rt import __version__
 from arl2rt.errors import Arl2rtError
 from arl2rt.files import file_record, record_digest, sha256_file
 from arl2rt.model.dit import CausalDiT
+from arl2rt.model.vae.decoder import WanVaeDecoder
 from arl2rt.runtime.streamer import Streamer, StreamPosition
 
 FORMAT = "arl2rt-session"
@@ -50,14 +52,22 @@ CHECKSUM = "record_sha256"
 _SNAP = re.compile(r"snap-(\d{6,})")
 
 
-def module_identity(model: CausalDiT) -> str:
-    """sha256 over the config and every parameter/buffer (name, dtype, shape, bytes) of a PyTorch model."""
+def module_identity(model: CausalDiT, vae: WanVaeDecoder | None = None) -> str:
+    """sha256 over the config and every parameter/buffer (name, dtype, shape, bytes) of a PyTorch model, and of its
+    VAE decoder if it has one (a stream resumed with another decoder would decode differently)."""
     h = hashlib.sha256(json.dumps(model.cfg.to_dict(), sort_keys=True).encode())
-    for name, t in sorted(model.state_dict().items()):
+    _hash_tensors(h, model.state_dict())
+    if vae is not None:
+        h.update(json.dumps({"vae": vae.config.to_dict()}, sort_keys=True).encode())
+        _hash_tensors(h, vae.state_dict())
+    return h.hexdigest()
+
+
+def _hash_tensors(h, tensors: dict[str, torch.Tensor]) -> None:
+    for name, t in sorted(tensors.items()):
         t = t.detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

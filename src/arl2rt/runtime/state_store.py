@@ -1,8 +1,12 @@
-"""StateStore: every state tensor of one stream (GDN states, softmax K/V caches, text K/V), owned by the runtime.
+"""StateStore: every state tensor of one stream (GDN states, softmax K/V caches, text K/V, VAE caches), owned by the
+runtime.
 
 The store is laid out by the StateSpec. A commit binds each ``present_state`` as the next ``past_state`` without a copy
 (the previous buffer becomes the spare a backend may write the following commit into: ping-pong) and appends the
 block's K/V to a preallocated cache, global (grows geometrically) or a rolling window that keeps ``sink`` frames.
+A model with a VAE decoder also keeps the decoder's causal-conv caches: absent until the stream's first block is
+decoded (``decode_first`` takes none), then each decode's ``present_vae`` bound as the next ``past_vae``, no copy and
+no spare (a spare would hold a second copy of caches that reach GiBs at 480p; the allocator reuses the freed ones).
 """
 
 from __future__ import annotations
@@ -12,7 +16,16 @@ from collections.abc import Callable
 import torch
 
 from arl2rt.errors import Arl2rtError
-from arl2rt.export.state_spec import PAST_KV, PAST_STATE, PRESENT_KV, PRESENT_STATE, StateSpec, torch_dtype
+from arl2rt.export.state_spec import (
+    PAST_KV,
+    PAST_STATE,
+    PAST_VAE,
+    PRESENT_KV,
+    PRESENT_STATE,
+    PRESENT_VAE,
+    StateSpec,
+    torch_dtype,
+)
 
 
 class KVCache:
@@ -79,6 +92,24 @@ class KVCache:
     def nbytes(self) -> int:
         return self.key.numel() * self.key.element_size() * 2
 
+    # -- the VAE decoder's caches ----------------------------------------------------------------------------------
+    @property
+    def decode_graph(self) -> str:
+        """The graph that decodes the next block: ``decode_first`` while the caches are absent, else ``decode_step``."""
+        return self.spec.decode_graph(first=not self.vae)
+
+    def vae_feeds(self) -> dict[str, torch.Tensor]:
+        """The past VAE caches by name (none before the first decode)."""
+        return dict(self.vae)
+
+    def commit_vae(self, outputs: dict[str, torch.Tensor]) -> None:
+        """Bind every ``present_vae.*`` of a decode's outputs as the next ``past_vae.*`` (no copy)."""
+        presents = self.spec.vae_caches(PRESENT_VAE)
+        missing = [s.name for s in presents if s.name not in outputs]
+        if missing:
+            raise Arl2rtError(f"decode returned no {missing}; expected every present VAE cache")
+        self.vae = {self.spec.past_of(s.name): outputs[s.name] for s in presents}
+
     def rotate_keys(self, rotate: Callable[[torch.Tensor, int], torch.Tensor], chunk_tokens: int) -> None:
         """Replace the valid cached K by ``rotate(K, head_dim_axis)``, a slice of tokens at a time (RoPE re-base)."""
         n = self.frames * self.tpf
@@ -107,6 +138,7 @@ class StateStore:
         self.states: dict[str, torch.Tensor] = {}
         self.spares: dict[str, torch.Tensor] = {}
         self.context: dict[str, torch.Tensor] = {}
+        self.vae: dict[str, torch.Tensor] = {}  # past_vae.i, empty until the first block is decoded
         window = cfg.attn_window_frames
         max_past = None if window == -1 else window - cfg.frames_per_block
         self.caches = {
@@ -124,11 +156,13 @@ class StateStore:
         self.reset()
 
     def reset(self) -> None:
-        """Start a new video: zero every GDN state, empty every cache, forget the text (no stale state leaks)."""
+        """Start a new video: zero every GDN state, empty every cache (VAE caches too), forget the text (no stale
+        state leaks)."""
         for s in self.spec.of_kind(PAST_STATE):
             self.states[s.name] = torch.zeros(s.resolve(batch=self.batch), dtype=s.torch_dtype, device=self.device)
         self.spares.clear()
         self.context.clear()
+        self.vae.clear()
         for cache in self.caches.values():
             cache.reset()
 
@@ -169,6 +203,24 @@ class StateStore:
         for i, cache in self.caches.items():
             cache.append(*(outputs[name] for name in self.spec.names(PRESENT_KV, i)))
 
+    # -- the VAE decoder's caches ----------------------------------------------------------------------------------
+    @property
+    def decode_graph(self) -> str:
+        """The graph that decodes the next block: ``decode_first`` while the caches are absent, else ``decode_step``."""
+        return self.spec.decode_graph(first=not self.vae)
+
+    def vae_feeds(self) -> dict[str, torch.Tensor]:
+        """The past VAE caches by name (none before the first decode)."""
+        return dict(self.vae)
+
+    def commit_vae(self, outputs: dict[str, torch.Tensor]) -> None:
+        """Bind every ``present_vae.*`` of a decode's outputs as the next ``past_vae.*`` (no copy)."""
+        presents = self.spec.vae_caches(PRESENT_VAE)
+        missing = [s.name for s in presents if s.name not in outputs]
+        if missing:
+            raise Arl2rtError(f"decode returned no {missing}; expected every present VAE cache")
+        self.vae = {self.spec.past_of(s.name): outputs[s.name] for s in presents}
+
     def rotate_keys(self, rotate: Callable[[torch.Tensor, int], torch.Tensor], chunk_tokens: int) -> None:
         """Apply ``rotate(tensor, key_axis)`` to every stored key: cached K and the key axis of each GDN state.
 
@@ -184,16 +236,21 @@ class StateStore:
     # -- snapshots -----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Everything a stream needs to continue, by StateSpec name: ``past_state.*``, the valid ``past_key.*`` /
-        ``past_value.*`` of each cache (whole frames, stream order) and the text ``context_key.*``/``context_value.*``.
+        ``past_value.*`` of each cache (whole frames, stream order), the text ``context_key.*``/``context_value.*``
+        and, once a block is decoded, the VAE's ``past_vae.*``.
 
         Tensors are views of the store's buffers: copy them (e.g. to the CPU) before the next step.
         """
-        return {**self.context, **self.states, **self._past_kv()}
+        return {**self.context, **self.states, **self._past_kv(), **self.vae}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], source: str = "state") -> None:
-        """Restore what :meth:`state_dict` returned (on any device); every name, shape and dtype is checked."""
+        """Restore what :meth:`state_dict` returned (on any device); every name, shape and dtype is checked. The VAE
+        caches are all there (a stream that decoded a block) or none (one that has not)."""
         specs = {s.name: s for s in self.spec.context_kv()}
         specs.update({s.name: s for s in self.spec.of_kind(PAST_STATE, *PAST_KV)})
+        vae = self.spec.vae_caches(PAST_VAE) if self.spec.vae is not None else []
+        if any(s.name in tensors for s in vae):
+            specs.update({s.name: s for s in vae})
         missing, extra = sorted(set(specs) - set(tensors)), sorted(set(tensors) - set(specs))
         if missing or extra:
             raise Arl2rtError(f"{source}: missing tensors {missing}, unexpected tensors {extra}")
@@ -213,9 +270,10 @@ class StateStore:
             if key.shape != value.shape:
                 raise Arl2rtError(f"{source}: {key_name} {list(key.shape)} and {value_name} {list(value.shape)} differ")
             cache.load(key.to(self.device), value.to(self.device))
+        self.vae = {s.name: tensors[s.name].to(self.device).clone() for s in vae if s.name in tensors}
 
     def nbytes(self) -> dict[str, int]:
-        """Memory held now: GDN states (constant), K/V caches (grow or roll), text K/V."""
+        """Memory held now: GDN states (constant), K/V caches (grow or roll), text K/V, VAE caches (constant)."""
 
         def size(ts):
             return sum(t.numel() * t.element_size() for t in ts)
@@ -224,4 +282,5 @@ class StateStore:
             "gdn_states": size(self.states.values()) + size(self.spares.values()),
             "kv_cache": sum(c.nbytes() for c in self.caches.values()),
             "context": size(self.context.values()),
+            "vae_caches": size(self.vae.values()),
         }

@@ -5,6 +5,10 @@ between them), then the clean t = 0 pass (``commit_step``) whose outputs the Sta
 Noise comes from a seeded CPU generator in float32 whatever the backend, so two backends see the same stream.
 The RoPE frame index fed to the graphs is the absolute latent-frame index until the table would run out; then
 :mod:`arl2rt.runtime.rope_rebase` re-bases it exactly, so a stream never ends for lack of positions.
+
+When the StateSpec has a VAE decoder, each block is decoded right after its commit (``decode_first`` for the stream's
+first block, ``decode_step`` after it, the caches kept in the StateStore): :meth:`Streamer.next_block` still returns
+the block's latents, and :attr:`Streamer.last_frames` then holds that block's video.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from arl2rt.errors import Arl2rtError
-from arl2rt.export.state_spec import CONTEXT, VELOCITY
+from arl2rt.export.state_spec import CONTEXT, DECODE_FIRST, PAST_VAE, VAE_LATENTS, VELOCITY
 from arl2rt.model.scheduler import FlowMatchScheduler
 from arl2rt.runtime.backend import Backend
 from arl2rt.runtime.rope_rebase import RopePositions
@@ -35,7 +39,12 @@ class StreamPosition:
 
 
 class Streamer:
-    """Generates a video stream block by block on one backend; owns the stream's StateStore and noise generator."""
+    """Generates a video stream block by block on one backend; owns the stream's StateStore and noise generator.
+
+    ``last_frames``: the video of the block the last :meth:`next_block` made, ``[B, 3, T, 8H, 8W]`` in [-1, 1] (io
+    dtype, backend device; T = 4F - 3 for the stream's first block, else 4F), when the spec has a VAE decoder; None
+    without one and before the first block. It is the backend's output: consume it before the next block.
+    """
 
     def __init__(
         self,
@@ -56,11 +65,13 @@ class Streamer:
         self.position = StreamPosition()
         self.rope = RopePositions(self.cfg)
         self._io_dtype = self.spec.velocity().torch_dtype
+        self.last_frames: torch.Tensor | None = None
 
     def start(self, context: torch.Tensor, seed: int | None = None) -> None:
         """Begin a new video for text embeddings ``context [B, L_text, text_dim]``: resets every state."""
         self.store.reset()
         self.position = StreamPosition()
+        self.last_frames = None
         self.generator.manual_seed(self.seed if seed is None else seed)
         spec = self.spec.context()
         context = context.to(device=self.backend.device, dtype=spec.torch_dtype)
@@ -86,7 +97,8 @@ class Streamer:
         return outputs
 
     def next_block(self) -> torch.Tensor:
-        """Generate one block; returns its denoised latents ``[B, C, F, H, W]`` (io dtype, backend device)."""
+        """Generate one block; returns its denoised latents ``[B, C, F, H, W]`` (io dtype, backend device) and, with
+        a VAE decoder, decodes them into :attr:`last_frames`."""
         c = self.cfg
         self.position.rope_frame = self.rope.before_block(self.position.rope_frame, self.store)
         sched = self.scheduler
@@ -99,17 +111,39 @@ class Streamer:
                 x = sched.next_latents(x, velocity, i, self._noise)
         outputs = self._run("commit_step", self._feeds(x0, 0.0), len(sched.timesteps), self.store.spare_buffers())
         self.store.commit(outputs)
+        if self.spec.vae is not None:
+            self.last_frames = self._decode(x0, len(sched.timesteps) + 1)
         self.position.block += 1
         self.position.frame += c.frames_per_block
         self.position.rope_frame += c.frames_per_block
         return x0
+
+    def _decode(self, latents: torch.Tensor, pass_index: int) -> torch.Tensor:
+        """The block's video: its latents through the decode graph, whose present caches become the next past."""
+        graph = self.store.decode_graph
+        feeds = {self.spec.name(VAE_LATENTS): latents, **self.store.vae_feeds()}
+        outputs = self._run(graph, feeds, pass_index)
+        self.store.commit_vae(outputs)
+        return outputs[self.spec.frames(first=graph == DECODE_FIRST).name]
 
     def restore(self, tensors: dict[str, torch.Tensor], position: StreamPosition, rng_state: torch.Tensor) -> None:
         """Continue a stream saved earlier: its StateStore tensors, position and noise-generator state.
 
         With the same backend on a CPU the blocks that follow are bit-identical to those of the uninterrupted stream.
         """
+        if self.spec.vae is not None:
+            cached = any(s.name in tensors for s in self.spec.vae_caches(PAST_VAE))
+            if cached != (position.block > 0):
+                raise Arl2rtError(
+                    f"stream state at block {position.block}: expected VAE caches "
+                    + (
+                        "(a block was decoded), found none"
+                        if position.block > 0
+                        else "absent (no block yet), found some"
+                    )
+                )
         self.store.load_state_dict(tensors)
+        self.last_frames = None
         self.position = StreamPosition(position.block, position.frame, position.rope_frame)
         self.generator.set_state(rng_state)
 

@@ -1,5 +1,6 @@
 """The PyTorch backend: runs the step modules the exporter traces (Triton kernels on CUDA), eagerly or, on CUDA, as
-CUDA graphs replayed wherever the stream's shapes stay the same (:mod:`arl2rt.runtime.step_graphs`)."""
+CUDA graphs replayed wherever the stream's shapes stay the same (:mod:`arl2rt.runtime.step_graphs`). With a VAE
+decoder it also runs the two decode modules the exporter traces (always eagerly)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from collections.abc import Callable
 
 import torch
 
+from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import StateSpec
-from arl2rt.export.steps import step_modules
+from arl2rt.export.steps import decode_modules, step_modules
 from arl2rt.model.dit import CausalDiT
+from arl2rt.model.vae.decoder import WanVaeDecoder
 from arl2rt.runtime.backend import Backend
 from arl2rt.runtime.step_graphs import StepGraphs, graphs_wanted
 
@@ -18,10 +21,25 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(
-        self, model: CausalDiT | Callable[[], CausalDiT], spec: StateSpec, device: torch.device | str = "cpu"
+        self,
+        model: CausalDiT | Callable[[], CausalDiT],
+        spec: StateSpec,
+        device: torch.device | str = "cpu",
+        *,
+        vae: WanVaeDecoder | Callable[[], WanVaeDecoder] | None = None,
     ) -> None:
+        """``vae``: the decoder (or a function building it) of a spec with a VAE; it is cast to the spec's dtype."""
         super().__init__(spec, device)
+        if vae is None and spec.vae is not None:
+            raise Arl2rtError(
+                f"torch backend: the state contract has VAE {spec.vae.name!r}: expected a decoder, found none"
+            )
+        if vae is not None and spec.vae is None:
+            raise Arl2rtError(
+                f"torch backend: a VAE decoder was given, but the state contract of {spec.config.name!r} has none"
+            )
         self._model_or_builder = model
+        self._vae_or_builder = vae
         self.modules: dict[str, torch.nn.Module] = {}
         self.graphs: StepGraphs | None = None
 
@@ -30,6 +48,11 @@ class TorchBackend(Backend):
         model = model if isinstance(model, torch.nn.Module) else model()
         model = model.to(device=self.device, dtype=self.spec.config_dtype).eval()
         self.modules = step_modules(model, self.spec)
+        if self._vae_or_builder is not None:
+            vae = self._vae_or_builder
+            vae = vae if isinstance(vae, torch.nn.Module) else vae()
+            vae = vae.to(device=self.device, dtype=self.spec.config_dtype).eval()
+            self.modules.update(decode_modules(vae, self.spec))
         self.graphs = StepGraphs(self.spec, self.device, self._eager) if graphs_wanted(self.device) else None
 
     def deactivate_impl(self) -> None:

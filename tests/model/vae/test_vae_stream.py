@@ -1,4 +1,4 @@
-"""The streaming decode step: frame counts, caches as named state, the two fixed-signature forms, input errors."""
+"""The streaming decode step: frame counts, caches as explicit state, the two fixed-signature forms, input errors."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from arl2rt.model.vae.stream import (
     FirstBlockDecode,
     SteadyBlockDecode,
     VaeStream,
-    as_past,
     decode_in_blocks,
     decode_step,
 )
@@ -31,8 +30,8 @@ def test_frames_per_block_and_present_caches(decoder):
     assert stream.decode(random_latents(1, batch=2, seed=1)).shape == (2, 3, 4, 32, 48)
     assert stream.decode(random_latents(2, batch=2, seed=2)).shape == (2, 3, 8, 32, 48)
     specs = cache_specs(TINY)
-    assert list(stream.caches) == [s.past_name for s in specs] and len(specs) == 32
-    assert all(stream.caches[s.past_name].shape == s.shape(2, 4, 6) for s in specs)
+    assert len(stream.caches) == len(specs) == 32
+    assert all(cache.shape == s.shape(2, 4, 6) for cache, s in zip(stream.caches, specs))
     assert TINY.frames_out(3, first=True) == 9 and TINY.frames_out(3, first=False) == 12
 
 
@@ -47,7 +46,7 @@ def test_the_first_block_is_not_a_zero_cache_block(decoder):
     """Zero caches fed to the steady-state step give 4 frames and other values than the official first block."""
     latents = random_latents(1, seed=7)
     first, present = decode_step(decoder, latents)
-    zeros = {name: torch.zeros_like(t) for name, t in as_past(present).items()}
+    zeros = [torch.zeros_like(t) for t in present]
     seeded, _ = decode_step(decoder, latents, zeros)
     assert first.shape[2] == 1 and seeded.shape[2] == 4
     assert peak_relative(seeded[:, :, -1:], first) > 1e-3
@@ -58,21 +57,21 @@ def test_fixed_signature_forms_equal_the_streaming_step(decoder):
     frames, present = decode_step(decoder, first_block)
     first = FirstBlockDecode(decoder)
     out = first(first_block)
-    assert first.output_names() == ["frames", *present] and len(out) == 1 + len(present)
-    assert all(torch.equal(a, b) for a, b in zip(out, (frames, *present.values())))
+    assert len(out) == 1 + len(present) == 1 + len(decoder.cache_specs())
+    assert all(torch.equal(a, b) for a, b in zip(out, (frames, *present)))
 
-    past = as_past(present)
+    past = present
     frames, present = decode_step(decoder, next_block, past)
     steady = SteadyBlockDecode(decoder)
-    assert steady.input_names() == ["latents", *past]
-    out = steady(next_block, *past.values())
-    assert all(torch.equal(a, b) for a, b in zip(out, (frames, *present.values())))
+    out = steady(next_block, *past)
+    assert len(out) == 1 + len(present)
+    assert all(torch.equal(a, b) for a, b in zip(out, (frames, *present)))
 
 
 def test_both_forms_trace_to_plain_tensor_graphs(decoder):
     latents = random_latents(2, seed=6)
     _, present = decode_step(decoder, latents)
-    cases = ((FirstBlockDecode(decoder), (latents,)), (SteadyBlockDecode(decoder), (latents, *present.values())))
+    cases = ((FirstBlockDecode(decoder), (latents,)), (SteadyBlockDecode(decoder), (latents, *present)))
     for module, args in cases:
         program = torch.export.export(module, args)
         assert all(torch.equal(a, b) for a, b in zip(program.module()(*args), module(*args)))
@@ -82,7 +81,7 @@ def test_bfloat16_caches_and_fp32_frames(decoder):
     half = random_decoder().to(torch.bfloat16)
     frames, present = decode_step(half, random_latents(2, seed=8))
     assert frames.dtype == torch.float32 and torch.isfinite(frames).all()
-    assert {t.dtype for t in present.values()} == {torch.bfloat16}
+    assert {t.dtype for t in present} == {torch.bfloat16}
     full, _ = decode_step(decoder, random_latents(2, seed=8))
     assert peak_relative(frames, full) < 0.1
 
@@ -112,22 +111,21 @@ def test_wan_decoder_size():
 
 def test_latent_and_cache_errors(decoder):
     latents = random_latents(2, seed=9)
-    _, present = decode_step(decoder, latents)
-    past = as_past(present)
+    _, past = decode_step(decoder, latents)
     with pytest.raises(Arl2rtError, match=r"tensor latents: expected a float tensor \[batch, 4, frames >= 1"):
         decode_step(decoder, torch.randn(1, 16, 2, 4, 6))
     with pytest.raises(Arl2rtError, match=r"found torch.float32 \[1, 4, 0, 4, 6\]"):
         decode_step(decoder, latents[:, :, :0])
     with pytest.raises(Arl2rtError, match="latent size 4x8 does not match the stream's caches, made for 4x6"):
         decode_step(decoder, random_latents(1, hw=(4, 8)), past)
-    with pytest.raises(Arl2rtError, match=r"missing \['past_vae.31'\], unknown \['past_vae.32'\]"):
-        decode_step(decoder, latents, {**{k: v for k, v in past.items() if k != "past_vae.31"}, "past_vae.32": latents})
-    with pytest.raises(Arl2rtError, match=r"past_vae.0: expected float32 \[2, 4, 2, 4, 6\], found torch.float32 \[1,"):
+    with pytest.raises(Arl2rtError, match=r"expected 32 \(one per causal conv, in step order\), found 31"):
+        decode_step(decoder, latents, past[:-1])
+    with pytest.raises(
+        Arl2rtError, match=r"cache 0 \(conv_in\): expected float32 \[2, 4, 2, 4, 6\], found torch.float32 \[1,"
+    ):
         decode_step(decoder, random_latents(1, batch=2), past)
-    with pytest.raises(Arl2rtError, match="past_vae.5: expected float32"):
-        decode_step(decoder, latents, past | {"past_vae.5": past["past_vae.5"].double()})
-    with pytest.raises(Arl2rtError, match=r"expected present_vae.i names"):
-        as_past(past)
+    with pytest.raises(Arl2rtError, match=r"cache 5 \(levels.0.res.0.conv1\): expected float32"):
+        decode_step(decoder, latents, [*past[:5], past[5].double(), *past[6:]])
 
 
 def test_config_errors():

@@ -1,10 +1,11 @@
-"""The decoder's causal-conv caches as named state: one tensor per time-mixing conv, listed from the config alone.
+"""The decoder's causal-conv caches as state: one tensor per time-mixing conv, listed from the config alone.
 
 Every conv with a temporal kernel of 3 keeps the last ``CACHE_FRAMES`` frames of its input (in a residual block: its
 input after norm and SiLU). Between two AR blocks these are the decoder's whole state: cache ``i`` enters a step as
-``past_vae.i`` and leaves it as ``present_vae.i``, shaped ``[batch, channels, 2, scale * h, scale * w]`` for a latent
-of ``h x w``, in the decoder's precision. The list is in the order the decode meets the convs, so the module
-(:mod:`arl2rt.model.vae.decoder`) and this list agree by construction: both walk :meth:`VaeConfig.levels`.
+the i-th past cache and leaves it as the i-th present one, shaped ``[batch, channels, 2, scale * h, scale * w]`` for
+a latent of ``h x w``, in the decoder's precision. The list is in the order the decode meets the convs, so the module
+(:mod:`arl2rt.model.vae.decoder`) and this list agree by construction: both walk :meth:`VaeConfig.levels`. Caches
+are positional here; the state contract (``arl2rt.export.state_spec``) names cache i in a graph's I/O.
 """
 
 from __future__ import annotations
@@ -17,15 +18,7 @@ from arl2rt.errors import Arl2rtError
 from arl2rt.model.vae.config import VaeConfig
 
 CACHE_FRAMES = 2  # a causal kernel of 3 frames needs the 2 before the block
-# Tensor kinds of the caches; a name is the kind, a dot, the cache index (cache_name spells it, nothing else does).
-PAST_VAE, PRESENT_VAE = "past_vae", "present_vae"
 _DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def cache_name(kind: str, index: int) -> str:
-    if kind not in (PAST_VAE, PRESENT_VAE):
-        raise Arl2rtError(f"VAE cache kind {kind!r}: expected {PAST_VAE!r} or {PRESENT_VAE!r}")
-    return f"{kind}.{index}"
 
 
 @dataclass(frozen=True)
@@ -37,14 +30,6 @@ class VaeCacheSpec:
     channels: int
     scale: int
     dtype: str
-
-    @property
-    def past_name(self) -> str:
-        return cache_name(PAST_VAE, self.index)
-
-    @property
-    def present_name(self) -> str:
-        return cache_name(PRESENT_VAE, self.index)
 
     def shape(self, batch: int, latent_height: int, latent_width: int) -> tuple[int, int, int, int, int]:
         return (batch, self.channels, CACHE_FRAMES, self.scale * latent_height, self.scale * latent_width)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from arl2rt.errors import Arl2rtError
@@ -60,6 +61,38 @@ class VaeConfig:
         if problems:
             raise Arl2rtError(f"invalid VAE config {self.name!r}: " + "; ".join(problems))
 
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object, source: str = "VAE config") -> VaeConfig:
+        """The config :meth:`to_dict` wrote (e.g. into a package manifest); a wrong field is named."""
+        if not isinstance(data, dict):
+            raise Arl2rtError(f"{source}: expected a JSON object of VAE config fields, found {type(data).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown, missing = sorted(set(data) - set(names)), [n for n in names if n not in data]
+        if unknown or missing:
+            raise Arl2rtError(f"{source}: unknown VAE config fields {unknown}, missing {missing}")
+        wrong = []
+        for name in names:
+            value, item = data[name], _LIST_FIELDS.get(name)
+            if item is not None:
+                ok, want = (
+                    isinstance(value, (list, tuple)) and all(_is(v, item) for v in value),
+                    f"a list of {item.__name__}",
+                )
+            else:
+                kind = str if name == "name" else int
+                ok, want = _is(value, kind), kind.__name__
+            if not ok:
+                wrong.append(f"{name}: expected {want}, found {value!r}"[:200])
+        if wrong:
+            raise Arl2rtError(f"{source}: " + "; ".join(wrong))
+        try:
+            return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        except Arl2rtError as exc:
+            raise Arl2rtError(f"{source}: {exc}") from None
+
     @property
     def widths(self) -> tuple[int, ...]:
         """Channels after the middle block, then at the end of each level (deepest first)."""
@@ -103,6 +136,17 @@ class LevelPlan:
 
     def res_in(self, j: int) -> int:
         return self.in_dim if j == 0 else self.out_dim
+
+
+_LIST_FIELDS = {"dim_mult": int, "temporal_upsample": bool, "latents_mean": float, "latents_std": float}
+
+
+def _is(value: object, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
 
 
 WAN21_VAE = VaeConfig()
