@@ -22,8 +22,8 @@ PEAK_TFLOPS = 989.0  # dense bf16, H100/H200 spec sheets (docs/performance.md §
 GIB = 2**30
 
 # Cost model of --estimate (a guess to size the run, not a measurement): GEMMs and attention at the rates measured
-# alone on the H200 (docs/performance.md §1: 690-760 and 516-551 TFLOP/s), elementwise work per layer and pass, CUDA-graph
-# capture per position, a cuDNN plan per new key length in an eager run, model builds, start-up.
+# alone on the H200 (docs/performance.md §1: 690-760 and 516-551 TFLOP/s), elementwise work per layer and pass,
+# CUDA-graph capture per position, a cuDNN plan per new key length in an eager run, model builds, start-up.
 EST_LINEAR_TFLOPS = 700.0
 EST_ATTENTION_TFLOPS = 520.0
 EST_LAYER_PASS_S = 0.25e-3

@@ -1,4 +1,5 @@
-"""The two rules that define ARL2 (docs/arl2.md §2.2): block-level read of the pre-update state; clean-pass-only write."""
+"""The two rules that define ARL2 (docs/arl2.md §2.2): block-level read of the pre-update state; clean-pass-only
+write."""
 
 from __future__ import annotations
 
