@@ -4,8 +4,8 @@ q ``[B,T,H,K]`` (bf16, fp16 or fp32), S ``[B,H,K,V]`` fp32 (the state before thi
 gate, any float dtype), out ``[B,T,H,V]`` in q's dtype. Every token of the block reads the same state.
 
 Numerics (docs/arl2.md §5): for half q the state is cast to q's dtype, as the reference does, and the product
-accumulates in fp32; scale, gate and the add are applied in fp32 and rounded once at the store. For fp32 q the product runs with
-``input_precision="tf32x3"`` (fp32 accuracy). One kernel, inputs → int sizes → outputs, no workspace; each program
+accumulates in fp32; scale, gate and the add are applied in fp32 and rounded once at the store. For fp32 q the
+product runs with ``input_precision="tf32x3"`` (fp32 accuracy). One kernel, inputs → int sizes → outputs, no workspace; each program
 keeps its slice of S on chip and streams ``tiles`` row tiles of q through it, so S is read once per program. The kernel
 is :mod:`arl2rt.plugins.gdn.read_kernels`, imported on the first launch: this module imports no Triton.
 """
