@@ -5,9 +5,10 @@ gate, any float dtype), out ``[B,T,H,V]`` in q's dtype. Every token of the block
 
 Numerics (docs/arl2.md §5): for half q the state is cast to q's dtype, as the reference does, and the product
 accumulates in fp32; scale, gate and the add are applied in fp32 and rounded once at the store. For fp32 q the
-product runs with ``input_precision="tf32x3"`` (fp32 accuracy). One kernel, inputs → int sizes → outputs, no workspace; each program
-keeps its slice of S on chip and streams ``tiles`` row tiles of q through it, so S is read once per program. The kernel
-is :mod:`arl2rt.plugins.gdn.read_kernels`, imported on the first launch: this module imports no Triton.
+product runs with ``input_precision="tf32x3"`` (fp32 accuracy). One kernel, inputs → int sizes → outputs, no
+workspace; each program keeps its slice of S on chip and streams ``tiles`` row tiles of q through it, so S is read
+once per program. The kernel is :mod:`arl2rt.plugins.gdn.read_kernels`, imported on the first launch: this module
+imports no Triton.
 """
 
 from __future__ import annotations
