@@ -161,3 +161,20 @@ def test_resume_with_a_corrupted_snapshot_or_another_model_fails_cleanly(tmp_pat
     tensors.write_bytes(bytes(data))
     res = runner.invoke(app, ["generate", "--resume", str(session), "--blocks", "3"])
     assert res.exit_code == 1 and "corrupted" in res.output
+
+
+def test_a_stream_resumed_into_a_new_npz_names_its_blocks_by_their_index_in_the_stream(tmp_path, config):
+    session, first, rest = tmp_path / "s", tmp_path / "first.npz", tmp_path / "rest.npz"
+    res = runner.invoke(
+        app, ["generate", "--config", config, "-o", str(first), "--blocks", "2", "--save-session", str(session)]
+    )
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["generate", "--resume", str(session), "-o", str(rest), "--blocks", "4"])
+    assert res.exit_code == 0, res.output
+    with np.load(first) as a, np.load(rest) as b:
+        assert sorted(a.files) == ["block_000000", "block_000001"]
+        assert sorted(b.files) == ["block_000002", "block_000003"]
+    one_go = tmp_path / "one.npz"
+    assert runner.invoke(app, ["generate", "--config", config, "-o", str(one_go), "--blocks", "4"]).exit_code == 0
+    whole = np.concatenate([read_latents(first), read_latents(rest)], axis=2)
+    assert np.array_equal(whole, read_latents(one_go))

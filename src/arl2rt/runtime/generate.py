@@ -278,7 +278,7 @@ def run_generate(opts: GenerateOptions, progress: Callable[[Progress], None] | N
         else:
             plan.snapshot.restore(streamer)
         # opened last: a run that cannot start leaves an existing output untouched
-        writer = open_writer(plan.output, fps=opts.fps, resume=plan.append, overwrite=opts.overwrite)
+        writer = open_writer(plan.output, fps=opts.fps, resume=plan.append, overwrite=opts.overwrite, first_block=start)
 
         def save() -> None:
             record = sessions.SessionRecord(

@@ -50,9 +50,12 @@ __all__ = [
 _WRITERS: dict[str, type[FrameWriter]] = {"mp4": Mp4Writer, "gif": GifWriter, "png": PngDirWriter, "npz": NpzWriter}
 
 
-def open_writer(path: Path, *, fps: int = 16, resume: dict | None = None, overwrite: bool = False) -> FrameWriter:
+def open_writer(
+    path: Path, *, fps: int = 16, resume: dict | None = None, overwrite: bool = False, first_block: int = 0
+) -> FrameWriter:
     """The writer for ``path``'s format; ``resume`` (a :meth:`FrameWriter.state`) appends after that point, at the
-    frame rate the output was started with."""
+    frame rate the output was started with. ``first_block``: the stream's index of the first block a new output
+    gets (a resumed stream written to a new file); formats that name blocks (``.npz``) name them by it."""
     fmt = output_format(Path(path))
     writer = _WRITERS[fmt]
     if resume is not None:
@@ -70,4 +73,6 @@ def open_writer(path: Path, *, fps: int = 16, resume: dict | None = None, overwr
         fps = resume["fps"]
     if fps < 1:
         raise Arl2rtError(f"fps must be >= 1, got {fps}")
+    if writer is NpzWriter:
+        return NpzWriter(Path(path), fps, resume=resume, overwrite=overwrite, first_block=first_block)
     return writer(Path(path), fps, resume=resume, overwrite=overwrite)

@@ -1,4 +1,5 @@
-"""``.npz``: the raw latents, one array per block, ``block_000000`` ... each ``[B, C, F_b, H, W]``.
+"""``.npz``: the raw latents, one array per block, ``block_000000`` ... each ``[B, C, F_b, H, W]``, named by the block's
+index in the stream (a stream resumed at block 4 into a new file starts at ``block_000004``).
 
 :func:`read_latents` concatenates them to ``[B, C, F, H, W]``. The zip directory is rewritten after every block, so
 ``numpy.load`` reads every finished block, except in one case: a ``kill -9`` during the milliseconds a block is being
@@ -30,10 +31,13 @@ class NpzWriter(FrameWriter):
     """
 
     format = "npz"
-    RESUME_FIELDS = {"bytes": int, "blocks": int, "directory": str}
+    RESUME_FIELDS = {"bytes": int, "blocks": int, "first_block": int, "directory": str}
 
-    def __init__(self, path: Path, fps: int, *, resume: dict | None = None, overwrite: bool = False):
+    def __init__(
+        self, path: Path, fps: int, *, resume: dict | None = None, overwrite: bool = False, first_block: int = 0
+    ):
         super().__init__(path, fps)
+        self.first_block = resume["first_block"] if resume else first_block
         self.frames = resume["frames"] if resume else 0
         self.blocks = resume["blocks"] if resume else 0
         self.digest = prepare_file(self.path, resume, overwrite)
@@ -47,7 +51,7 @@ class NpzWriter(FrameWriter):
         array = latents.detach().cpu().numpy()
         # "a" on an empty file starts a new archive; otherwise it writes over the old directory and rewrites it
         with zipfile.ZipFile(self.path, "a", compression=zipfile.ZIP_STORED) as zf:
-            with zf.open(f"block_{self.blocks:06d}.npy", "w", force_zip64=True) as member:
+            with zf.open(f"block_{self.first_block + self.blocks:06d}.npy", "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, array, allow_pickle=False)
         with zipfile.ZipFile(self.path) as zf:
             data_end = zf.start_dir  # the end of this block's data
@@ -60,7 +64,8 @@ class NpzWriter(FrameWriter):
         with open(self.path, "rb") as f:
             f.seek(self.data_end)
             directory = f.read()
-        return {"bytes": self.data_end, "blocks": self.blocks, "directory": base64.b64encode(directory).decode()}
+        directory = base64.b64encode(directory).decode()
+        return {"bytes": self.data_end, "blocks": self.blocks, "first_block": self.first_block, "directory": directory}
 
 
 def read_latents(path: Path) -> np.ndarray:
