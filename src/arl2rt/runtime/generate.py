@@ -207,13 +207,13 @@ def plan_generate(opts: GenerateOptions) -> Plan:
         sessions.check_compatible(
             snapshot, identity=loaded.identity, source=loaded.description, config=cfg.to_dict(), dtype=dtype
         )
-    if device is None:  # the backend's default (tensorrt: cuda), checked too before a session directory is made
+    source = "--device"  # a backend's default device (tensorrt: cuda) is checked too, before a session dir is made
+    if device is None:
         source = f"backend {backend} runs on"
         if package is not None and named_backend is None:
             source = f"package {loaded.source['path']} has target {package.target}: backend {backend} runs it on"
-        device = resolve_device(backend, None)
-        check_device(device, source)
     device = resolve_device(backend, device)
+    check_device(device, source)
     threads = opts.threads if opts.threads is not None else default_threads(cfg)
     seed = record.seed if record else (0 if opts.seed is None else opts.seed)
 

@@ -2,10 +2,10 @@
 
 torch's default is one thread per core, each spinning at every op's barrier. For small models (the embedded model,
 ``tiny``: ops of well under a millisecond) a second thread gains little on an idle machine, and as soon as another
-process takes a core the waiting threads spin against it. Measured on 2 cores, 48 frames of the embedded model: 43 s on
-1 thread and 35 s on 2 when idle, 63 s and 141 s beside one busy process. So a small model runs on one thread unless
-told otherwise (``--threads``), which is never slower than more threads when a core is taken; a large model, whose ops
-are long enough to share, keeps torch's default.
+process takes a core the waiting threads spin against it. Measured on 2 cores, ``arl2rt generate --frames 48`` (the
+embedded model, CLI start included): 41 s on 1 thread and 31 s on 2 when idle, 50 s and 125 s beside one busy process.
+So a small model runs on one thread unless told otherwise (``--threads``): never slower than more threads when a core
+is taken. A large model, whose ops are long enough to share, keeps torch's default.
 """
 
 from __future__ import annotations
