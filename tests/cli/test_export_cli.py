@@ -71,7 +71,7 @@ def test_export_passes_every_option_to_the_library(calls, tmp_path):
         "target": "tensorrt", "dtype": "float16", "opset": 19, "trt_plugin": "jit", "overwrite": True,
         "source": "random weights of config tiny",
     }  # fmt: skip
-    summary = json.loads(result.output)
+    summary = json.loads(result.stdout)  # progress lines go to stderr
     assert summary["target"] == "tensorrt" and summary["dtype"] == "float16" and summary["bytes"] == 100
     assert summary["trt_plugin"] == "jit"
     assert summary["files"] == {"commit_step.onnx": 10, "weights.bin": 90}
@@ -189,7 +189,7 @@ def test_export_output_is_an_option_and_the_old_positional_warns(calls, tmp_path
     result = CliRunner().invoke(app, ["export", str(out), "--json"])
     assert result.exit_code == 0, result.output
     assert calls["export_package"][0] == out and json.loads(result.stdout)["package"] == str(out)
-    lines = result.stderr.splitlines()
+    lines = [line for line in result.stderr.splitlines() if line.startswith("warning:")]  # not the progress lines
     assert len(lines) == 1 and "(positional) is deprecated" in lines[0] and f"use -o {out}" in lines[0]
 
 

@@ -30,7 +30,7 @@ class ToyPackage:
     root: Path
     config: ModelConfig
     spec: StateSpec
-    target: str = "toy"
+    target: str = "portable"  # standard ops only
     opset: int = 17
     weights_digest: str | None = None  # no weights file: its graphs hold their weights
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from arl2rt.cli._common import deprecated, err, out, print_json, user_errors
+from arl2rt.cli._common import deprecated, err, out, print_json, result, step, user_errors
 from arl2rt.errors import Arl2rtError
 from arl2rt.runtime.backends import BACKENDS
 from arl2rt.runtime.trt.build import build_engines, default_cache_dir
@@ -64,9 +64,9 @@ def build(
             if err.is_terminal:
                 status.update(message)
             else:
-                err.print(message, highlight=False, markup=False)
+                step(message)
 
-        result = build_engines(
+        built = build_engines(
             package,
             flavour=flavour,
             max_frames=max_frames,
@@ -77,20 +77,20 @@ def build(
             rebuild=rebuild,
             progress=progress,
         )
-    files = result.entry.record["engines"]
+    files = built.entry.record["engines"]
     summary = {
-        "status": result.status,
-        "reason": result.reason,
-        "entry": str(result.entry.path),
+        "status": built.status,
+        "reason": built.reason,
+        "entry": str(built.entry.path),
         "flavour": flavour,
-        "key": result.entry.key,
-        "engines": {g: {"bytes": f["bytes"], "seconds": result.seconds.get(g)} for g, f in files.items()},
+        "key": built.entry.key,
+        "engines": {g: {"bytes": f["bytes"], "seconds": built.seconds.get(g)} for g, f in files.items()},
     }
     if json_:
         print_json(summary)
         return
-    table = Table("graph", "engine bytes", "build s", title=f"{flavour} engines: {result.status}")
+    table = Table("graph", "engine bytes", "build s", title=f"{flavour} engines: {built.status}")
     for graph, info in summary["engines"].items():
         table.add_row(graph, str(info["bytes"]), "-" if info["seconds"] is None else f"{info['seconds']:.1f}")
     out.print(table)
-    out.print(f"entry: {result.entry.path}", highlight=False)
+    result(f"entry: {built.entry.path}")

@@ -8,7 +8,7 @@ from typing import Annotated
 import torch
 import typer
 
-from arl2rt.cli._common import err, out, print_json, user_errors
+from arl2rt.cli._common import message, out, print_json, user_errors
 from arl2rt.errors import Arl2rtError
 from arl2rt.model.checkpoint import convert_checkpoint, model_from_state_dict, save_checkpoint
 from arl2rt.model.config import load_config
@@ -77,10 +77,7 @@ def convert(
         "bytes": path.stat().st_size,
     }
     if converted.random_arl2_layers:
-        err.print(
-            f"[yellow]warning:[/] hybrid layers {list(converted.random_arl2_layers)} have RANDOM ARL2 parameters",
-            highlight=False,
-        )
+        message("warning", f"hybrid layers {list(converted.random_arl2_layers)} have RANDOM ARL2 parameters")
     if json_:
         print_json(summary)
     else:

@@ -6,8 +6,9 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from arl2rt.cli._common import out, print_json, user_errors
+from arl2rt.cli._common import out, print_json, result, user_errors
 from arl2rt.runtime.environment import probe
 
 app = typer.Typer()
@@ -25,11 +26,12 @@ def doctor(
         return
     versions = Table("package", "version", title="packages")
     for name, ver in env.versions.items():
-        versions.add_row(name, ver or "[dim]not installed[/]")
+        versions.add_row(name, ver or Text("not installed", style="dim"))
     out.print(versions)
     gpu = f"{env.gpu} (compute capability {env.compute_capability})" if env.gpu else "none"
-    out.print(f"GPU: {gpu}")
+    result(f"GPU: {gpu}")
     backends = Table("backend", "status", title="backends")
     for name, reason in env.backends.items():
-        backends.add_row(name, "[green]available[/]" if reason is None else f"[yellow]unavailable[/]: {reason}")
+        status = Text("available", style="green") if reason is None else Text(f"unavailable: {reason}", style="yellow")
+        backends.add_row(name, status)
     out.print(backends)

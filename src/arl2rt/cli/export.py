@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from arl2rt.cli._common import deprecated, err, out, print_json, user_errors
+from arl2rt.cli._common import deprecated, out, print_json, progress, result, user_errors
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.package import export_package
 from arl2rt.model.vae.checkpoint import load_decoder
@@ -85,14 +85,8 @@ def export(
     output = _output(output, ctx.args)
     loaded = load_model(config=config, checkpoint=checkpoint)
     with_vae = {"vae": load_decoder(vae, WAN21_VAE)} if vae is not None else {}
-    columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     start = time.perf_counter()
-    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task("export", total=None)
-
-        def progress(done: int, total: int, stage: str) -> None:
-            bar.update(task, completed=done, total=total, description=stage)
-
+    with progress("export") as update:
         package = export_package(
             loaded.model,
             output,
@@ -100,7 +94,7 @@ def export(
             dtype=dtype,
             opset=opset,
             trt_plugin=trt_plugin,
-            progress=progress,
+            progress=update,
             overwrite=overwrite,
             source=loaded.description,
             **with_vae,
@@ -122,11 +116,11 @@ def export(
     if json_:
         print_json(summary)
         return
-    table = Table(
-        "file", "bytes", title=f"{package.root} ({package.target}, {package.spec.dtype}, opset {package.opset})"
-    )
+    # the heading is a line of its own: as a table title it would be wrapped to the width of the table
+    result(f"{package.root} ({package.target}, {package.spec.dtype}, opset {package.opset}):")
+    table = Table("file", "bytes")
     for name, size in summary["files"].items():
         table.add_row(name, f"{size:,}")
-    table.add_row("[bold]total[/]", f"[bold]{package.nbytes:,}[/]")
+    table.add_row(Text("total", style="bold"), Text(f"{package.nbytes:,}", style="bold"))
     out.print(table)
-    out.print(f"exported {loaded.description} in {seconds:.1f} s", highlight=False)
+    result(f"exported {loaded.description} in {seconds:.1f} s")

@@ -6,21 +6,25 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from arl2rt.cli._common import err, out, print_json, user_errors
+from arl2rt.cli._common import message, print_json, progress, result, user_errors
 from arl2rt.runtime import generate as lib
-from arl2rt.runtime.backends import BACKENDS, DEFAULT_BACKEND
+from arl2rt.runtime.backends import BACKENDS, DEFAULT_BACKEND, DEVICES
+from arl2rt.runtime.threads import SMALL_MODEL_DIM
 
 app = typer.Typer()
 
 INTERRUPTED_EXIT = 130  # the shell's code for a process stopped by Ctrl-C
 _BACKEND_HELP = (
-    f"{' | '.join(BACKENDS)}. Default: {DEFAULT_BACKEND['model']} for a PyTorch model, "
-    f"{DEFAULT_BACKEND['package']} for a package."
+    f"{' | '.join(BACKENDS)}. Default: {DEFAULT_BACKEND['model']} for a PyTorch model; for a package, "
+    f"{DEFAULT_BACKEND['package']} or the backend its target needs."
 )
-_DEVICE_HELP = "cpu, cuda, cuda:N or auto (default: {}).".format(
-    ", ".join(f"{name} {b.default_device}" for name, b in BACKENDS.items())
+_DEVICE_HELP = "{}.  [default: {}]".format(
+    DEVICES, ", ".join(f"{name} {b.default_device}" for name, b in BACKENDS.items())
+)
+_THREADS_HELP = (
+    "CPU threads. More barely speed up a small model and slow it down badly when another process takes a core.  "
+    f"[default: 1 for a model narrower than {SMALL_MODEL_DIM} (the embedded model, tiny); else one per core]"
 )
 
 
@@ -95,14 +99,15 @@ def generate(
     ] = None,
     frames: Annotated[
         int | None,
-        typer.Option(help=f"Length in latent frames, rounded up to whole blocks (default: {lib.DEFAULT_FRAMES})."),
+        typer.Option(help=f"Length in latent frames, rounded up to whole blocks.  [default: {lib.DEFAULT_FRAMES}]"),
     ] = None,
     blocks: Annotated[int | None, typer.Option(help="Length in AR blocks (instead of --frames).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the noise and of random text (default: 0).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the noise and of random text.  [default: 0]")] = None,
     dtype: Annotated[
         str | None, typer.Option(help="float32, float16, bfloat16, float64 (torch); a package runs at its own.")
     ] = None,
     device: Annotated[str | None, typer.Option(help=_DEVICE_HELP)] = None,
+    threads: Annotated[int | None, typer.Option(help=_THREADS_HELP)] = None,
     fps: Annotated[int, typer.Option(min=1, help="Frame rate of video outputs.")] = 16,
     save_session: Annotated[
         Path | None, typer.Option(help="Snapshot the stream into this directory every --save-every blocks.")
@@ -117,29 +122,22 @@ def generate(
     """Generate a video stream block by block; every block's frames reach the output as soon as it is made."""
     opts = lib.GenerateOptions(
         output=output, model=model, config=config, checkpoint=checkpoint, backend=backend, flavour=flavour,
-        prompt=prompt, context=context, frames=frames, blocks=blocks, seed=seed, dtype=dtype, device=device, fps=fps,
+        prompt=prompt, context=context, frames=frames, blocks=blocks, seed=seed, dtype=dtype, device=device,
+        threads=threads, fps=fps,
         save_session=save_session, save_every=save_every, resume=resume, overwrite=overwrite,
     )  # fmt: skip
-    columns = (
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rates]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task("blocks", total=None, rates="")
+    with progress("blocks") as update:
 
         def show(p: lib.Progress) -> None:
             rates = f"{p.blocks_per_s:.2f} blocks/s  {p.frames_per_s:.1f} frames/s  state {human_bytes(p.state_bytes)}"
-            bar.update(task, completed=p.block, total=p.total_blocks, rates=rates)
+            update(p.block, p.total_blocks, rates)
 
-        result = lib.run_generate(opts, progress=show)
-    for note in result.notes:
-        err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        run = lib.run_generate(opts, progress=show)
+    for note in run.notes:
+        message("note", note)
     if json_:
-        print_json(result.to_dict())
+        print_json(run.to_dict())
     else:
-        out.print(_summary(result), highlight=False, markup=False, soft_wrap=True)
-    if result.interrupted:
+        result(_summary(run))
+    if run.interrupted:
         raise typer.Exit(INTERRUPTED_EXIT)

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from arl2rt.cli._common import out, print_json, user_errors
+from arl2rt.cli._common import out, print_json, result, user_errors
 from arl2rt.export.package import ModelPackage
 
 app = typer.Typer()
@@ -37,8 +36,8 @@ def inspect(
     if json_:
         print_json(info)
         return
-    out.print(
-        f"[bold]{info['package']}[/]: {info['config']} for {info['target']}, {info['dtype']}, opset {info['opset']}, "
+    result(
+        f"{info['package']}: {info['config']} for {info['target']}, {info['dtype']}, opset {info['opset']}, "
         f"{info['tokens_per_block']} tokens per block, {_bytes(info['bytes'])} in {len(info['files'])} files"
     )
     contract = Table("graphs", "io", "name", "shape", "dtype", "bytes (batch 1)", title="state contract")
@@ -46,11 +45,11 @@ def inspect(
     for t in info["tensors"]:
         size = _bytes(t["bytes"]) + (" per past frame" if t["per_past_frame"] else "")
         graphs = "+".join(g.removesuffix("_step").removesuffix("_context") for g in t["graphs"])  # encode, decode_first
-        shape = escape("[" + ", ".join(map(str, t["shape"])) + "]")
+        shape = "[" + ", ".join(map(str, t["shape"])) + "]"
         contract.add_row(graphs, t["io"], t["name"], shape, t["dtype"], size)
     out.print(contract)
     mem = info["stream_bytes"]
-    out.print(
+    result(
         f"per stream: GDN states {_bytes(mem['gdn_states'])} (constant), text K/V {_bytes(mem['context_kv'])}, "
         f"softmax K/V cache +{_bytes(mem['kv_cache_per_latent_frame'])} per latent frame"
         + (f", VAE caches {_bytes(mem['vae_caches'])} (constant)" if mem.get("vae_caches") else "")

@@ -14,6 +14,8 @@ app = typer.Typer(
     help="Deploy ARL2 hybrid-attention video diffusion models through ONNX and TensorRT.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    # help as plain text: rich markup would eat every [bracketed] word of it ([default: 48], ball[s], [B, T, D])
+    rich_markup_mode=None,
 )
 
 

@@ -137,7 +137,7 @@ def _print(result: ParityResult, per_step: bool) -> None:
         for p in result.drift(m):
             table.add_row(
                 str(p.block), _fmt(p.max_abs), _fmt(p.max_rel), _fmt(p.peak_rel), _fmt(p.rel_l2),
-                _fmt(1 - p.min_cosine), _fmt(p.min_psnr), p.worst_tensor, "[green]yes[/]" if p.passed else "[red]no[/]",
+                _fmt(1 - p.min_cosine), _fmt(p.min_psnr), p.worst_tensor, "yes" if p.passed else "no",
             )  # fmt: skip
         tables.print(table)
     if per_step:
@@ -146,15 +146,15 @@ def _print(result: ParityResult, per_step: bool) -> None:
             name, worst = max(s.tensors.items(), key=lambda item: item[1].rel_l2)
             table.add_row(
                 s.mode, s.graph, str(s.block), str(s.pass_index), name, _fmt(worst.rel_l2), _fmt(worst.max_abs),
-                "yes" if s.passed else "[red]no[/]",
+                "yes" if s.passed else "no",
             )  # fmt: skip
         tables.print(table)
     failure = result.first_failure()
     if failure is None:
-        out.print(f"[bold green]PASSED[/]: {len(result.steps)} steps within tolerance over {result.blocks} blocks")
+        out.print(f"PASSED: {len(result.steps)} steps within tolerance over {result.blocks} blocks")
     else:
         out.print(
-            f"[bold red]FAILED[/]: first at {failure['mode']} {failure['graph']} block {failure['block']} pass "
+            f"FAILED: first at {failure['mode']} {failure['graph']} block {failure['block']} pass "
             f"{failure['pass']}, tensor {failure['tensor']}: {failure['mismatches']} elements exceed atol "
             f"{failure['atol']:g} and rtol {failure['rtol']:g} (max abs {_fmt(failure['max_abs'])}, max rel "
             f"{_fmt(failure['max_rel'])}, finite {failure['finite']})"

@@ -34,7 +34,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from arl2rt.errors import Arl2rtError
+from arl2rt.errors import Arl2rtError, setting
 from arl2rt.model.config import ModelConfig
 from arl2rt.model.dit import CausalDiT, DiTBlock
 from arl2rt.model.torch_files import load_torch_file
@@ -170,7 +170,7 @@ def _read_torch(path: Path, use_ema: bool) -> dict:
     if want in obj:
         state = obj[want]
     elif other in obj:
-        hint = "drop --use-ema / use_ema" if use_ema else "pass --use-ema / use_ema=True"
+        hint = f"drop {setting('--use-ema', 'use_ema')}" if use_ema else f"pass {setting('--use-ema', 'use_ema=True')}"
         raise Arl2rtError(
             f"checkpoint {path}: no {want!r} entry (found {sorted(map(str, obj))}); {hint} to load {other!r}"
         )
@@ -285,8 +285,9 @@ def to_deployment(
         looks = ": this looks like a base Wan / Causal Forcing checkpoint" if every else ""
         problems.other.append(
             f"hybrid layers {_ranges(absent)} have no ARL2 parameters (a/b/gate projections, A_log, dt_bias, phi "
-            f"maps, LoRA){looks}; give the ARL2 weights as a delta checkpoint (delta=..., --delta) or opt in to random "
-            "ARL2 parameters (allow_random_arl2=True, --allow-random-arl2), which does not reproduce ARL2 quality"
+            f"maps, LoRA){looks}; give the ARL2 weights as a delta checkpoint ({setting('--delta', 'delta=...')}) "
+            f"or opt in to random ARL2 parameters ({setting('--allow-random-arl2', 'allow_random_arl2=True')}), "
+            "which does not reproduce ARL2 quality"
         )
     _merge_ffn_lora(sd, cfg, problems, merged)
     for i in set(cfg.hybrid_layers) - set(absent):
@@ -399,7 +400,9 @@ def convert_checkpoint(
         ckpt = overlay(ckpt, read_checkpoint(delta, use_ema=use_ema))
     cfg = cfg or ckpt.config
     if cfg is None:
-        raise Arl2rtError(f"checkpoint {ckpt.source}: holds no arl2rt config; name one (cfg=..., --config)")
+        raise Arl2rtError(
+            f"checkpoint {ckpt.source}: holds no arl2rt config; name one ({setting('--config', 'cfg=...')})"
+        )
     return to_deployment(ckpt, cfg, allow_random_arl2=allow_random_arl2)
 
 

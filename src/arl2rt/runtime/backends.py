@@ -83,26 +83,72 @@ def backend_entry(name: str, source: str = "backend") -> BackendEntry:
     return BACKENDS[name]
 
 
+def backends_for(target: str) -> list[str]:
+    """The backends that run packages exported for ``target``, in registry order."""
+    return [name for name, entry in BACKENDS.items() if target in entry.targets]
+
+
+def package_backend(target: str) -> str:
+    """What runs a package exported for ``target`` when no backend is named: the default package backend if it runs
+    that target, else the first backend that does."""
+    found = backends_for(target)
+    return DEFAULT_BACKEND["package"] if DEFAULT_BACKEND["package"] in found or not found else found[0]
+
+
 def check_target(name: str, target: str, source: str) -> None:
-    """Raise unless backend ``name`` runs packages exported for ``target`` (``source`` names where it came from)."""
+    """Raise unless backend ``name`` runs packages exported for ``target`` (``source`` names where it came from); the
+    message names the backends that do."""
     entry = backend_entry(name)
     if target not in entry.targets:
         runs = f"runs the targets {list(entry.targets)}" if entry.targets else "runs no exported package"
         why = f"; {entry.refuses}" if entry.refuses else ""
-        raise Arl2rtError(f"{source} {target!r}: {name} {runs}{why}")
+        found = backends_for(target)
+        needs = f"; the {target} target runs on {' or '.join(found)}" if found else ""
+        raise Arl2rtError(f"{source} {target!r}: {name} {runs}{why}{needs}")
 
 
-def resolve_device(name: str, device: str | None) -> str:
-    """The device backend ``name`` runs on: ``device`` as given, its default for None, the best one here for auto."""
+DEVICES = "cpu, cuda, cuda:N or auto"
+
+
+def _parse_device(device: str, source: str) -> torch.device:
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise Arl2rtError(f"{source} {device!r}: expected {DEVICES}")
+    return parsed
+
+
+def resolve_device(name: str, device: str | None, source: str = "--device") -> str:
+    """The device backend ``name`` runs on: ``device`` as given, its default for None, the best one here for auto.
+
+    A device that is none of cpu, cuda, cuda:N, auto is an Arl2rtError naming ``source``; whether it exists here is
+    :func:`check_device`'s question.
+    """
     if device is None:
         return backend_entry(name).default_device
     if device != "auto":
+        _parse_device(device, source)
         return device
     if name == "onnxruntime":
         from arl2rt.runtime.onnxruntime_backend import resolve_device as ort_device  # its CUDA EP, if it has one
 
         return str(ort_device("auto"))
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str | torch.device, source: str = "--device") -> None:
+    """Raise unless ``device`` exists on this machine (a CUDA device needs a CUDA build of torch and that GPU)."""
+    parsed = _parse_device(str(device), source)
+    if parsed.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        why = "torch is a CPU-only build" if torch.version.cuda is None else "torch finds no CUDA GPU"
+        raise Arl2rtError(f"{source} {device}: no CUDA device here ({why})")
+    count = torch.cuda.device_count()
+    if parsed.index is not None and parsed.index >= count:
+        raise Arl2rtError(f"{source} {device}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -115,6 +161,20 @@ def backend_class(name: str) -> type[Backend]:
             f"backend {name}: cannot import {entry.module}.{entry.cls} ({type(exc).__name__}: {exc}); "
             "`arl2rt doctor` lists the backends this machine can run"
         ) from None
+
+
+def check_runs(name: str, *, model: object | None = None, package: object | None = None) -> BackendEntry:
+    """The entry of backend ``name`` if it runs what is given (a PyTorch ``model`` or an exported ``package``)."""
+    entry = backend_entry(name)
+    if entry.runs == "model" and model is None:
+        what = "an exported package" if package is not None else "nothing"
+        raise Arl2rtError(f"backend {name}: expected a PyTorch model (--config/--checkpoint), found {what}")
+    if entry.runs == "package" and package is None:
+        what = "a PyTorch model" if model is not None else "nothing"
+        raise Arl2rtError(
+            f"backend {name}: expected an exported model package (--model DIR, made by `arl2rt export`), found {what}"
+        )
+    return entry
 
 
 def make_backend(
@@ -137,11 +197,12 @@ def make_backend(
         options: keyword arguments of the backend's own (tensorrt: ``flavour``, ``max_frames``, ``max_batch``,
             ``cache_dir``...); a name the backend does not take is an error.
     """
-    entry = backend_entry(name)
+    entry = check_runs(name, model=model, package=package)
     device = entry.default_device if device is None else device
+    cls = backend_class(name)
+    check_device(device, "device")
     options = dict(options or {})
     if options:
-        cls = backend_class(name)
         takes = [
             p.name
             for p in list(inspect.signature(cls).parameters.values())[1:]
@@ -151,15 +212,7 @@ def make_backend(
         if unknown:
             raise Arl2rtError(f"backend {name}: no option {', '.join(unknown)}; it takes {takes or 'none'}")
     if entry.runs == "model":
-        if model is None:
-            what = "an exported package" if package is not None else "nothing"
-            raise Arl2rtError(f"backend {name}: expected a PyTorch model (--config/--checkpoint), found {what}")
         from arl2rt.export.state_spec import StateSpec
 
-        return backend_class(name)(model, StateSpec(model.cfg, dtype), device, **options)
-    if package is None:
-        what = "a PyTorch model" if model is not None else "nothing"
-        raise Arl2rtError(
-            f"backend {name}: expected an exported model package (--model DIR, made by `arl2rt export`), found {what}"
-        )
-    return backend_class(name)(package, device=device, **options)
+        return cls(model, StateSpec(model.cfg, dtype), device, **options)
+    return cls(package, device=device, **options)

@@ -29,10 +29,20 @@ import torch
 from arl2rt.errors import Arl2rtError
 from arl2rt.model.config import ModelConfig
 from arl2rt.runtime import session as sessions
-from arl2rt.runtime.backends import DEFAULT_BACKEND, backend_entry, make_backend, resolve_device
+from arl2rt.runtime.backends import (
+    DEFAULT_BACKEND,
+    backend_entry,
+    check_device,
+    check_runs,
+    check_target,
+    make_backend,
+    package_backend,
+    resolve_device,
+)
 from arl2rt.runtime.sources import LoadedModel, load_model
 from arl2rt.runtime.streamer import Streamer
 from arl2rt.runtime.text import resolve_context
+from arl2rt.runtime.threads import check_threads, cpu_threads, default_threads
 from arl2rt.runtime.trt.flavour import DEFAULT_FLAVOUR
 from arl2rt.runtime.trt.profiles import stream_max_frames
 from arl2rt.runtime.video import check_new_output, check_video_output, open_writer, output_format
@@ -59,6 +69,7 @@ class GenerateOptions:
     seed: int | None = None
     dtype: str | None = None
     device: str | None = None
+    threads: int | None = None  # CPU threads; None: runtime.threads.default_threads
     fps: int = 16
     save_session: Path | None = None
     save_every: int = DEFAULT_SAVE_EVERY
@@ -142,6 +153,7 @@ class Plan:
     backend: str
     dtype: str
     device: str
+    threads: int
     seed: int
     output: Path
     format: str
@@ -173,10 +185,23 @@ def plan_generate(opts: GenerateOptions) -> Plan:
     if opts.save_every < 1:
         raise Arl2rtError(f"--save-every must be >= 1, got {opts.save_every}")
 
+    if opts.threads is not None:
+        check_threads(opts.threads)
+    named_backend = opts.backend if opts.backend is not None else recorded("backend")
+    if named_backend is not None:
+        backend_entry(named_backend, "--backend")
+    # checked before the model is loaded: a bad device must not wait for a large package to be hashed
+    device = opts.device if opts.device is not None else recorded("device")
+    if device is not None and device != "auto":
+        check_device(device)
+
     loaded = load_model(package=opts.model, config=opts.config, checkpoint=opts.checkpoint, recorded=recorded("source"))
     cfg = loaded.cfg
-    runs = "package" if loaded.package is not None else "model"
-    backend = backend_entry(opts.backend or recorded("backend") or DEFAULT_BACKEND[runs], "--backend").name
+    package = loaded.package
+    # a package's default backend is the one of its target, so a tensorrt package is not handed to onnxruntime
+    backend = named_backend or (package_backend(package.target) if package is not None else DEFAULT_BACKEND["model"])
+    if check_runs(backend, model=loaded.model, package=package).runs == "package":
+        check_target(backend, package.target, f"--backend {backend}: package {loaded.source['path']} has target")
     flavours = backend_entry(backend).flavours
     if opts.flavour is not None and opts.flavour not in flavours:
         takes = f"one of {list(flavours)}" if flavours else "none (a flavour is a TensorRT library: --backend tensorrt)"
@@ -190,7 +215,14 @@ def plan_generate(opts: GenerateOptions) -> Plan:
         sessions.check_compatible(
             snapshot, identity=loaded.identity, source=loaded.description, config=cfg.to_dict(), dtype=dtype
         )
-    device = resolve_device(backend, opts.device or recorded("device"))
+    source = "--device"  # a backend's default device (tensorrt: cuda) is checked too, before a session dir is made
+    if device is None:
+        source = f"backend {backend} runs on"
+        if package is not None and named_backend is None:
+            source = f"package {loaded.source['path']} has target {package.target}: backend {backend} runs it on"
+    device = resolve_device(backend, device)
+    check_device(device, source)
+    threads = opts.threads if opts.threads is not None else default_threads(cfg)
     seed = record.seed if record else (0 if opts.seed is None else opts.seed)
 
     # output: a resumed stream appends to the output the session recorded, unless -o names another
@@ -237,6 +269,7 @@ def plan_generate(opts: GenerateOptions) -> Plan:
         backend,
         dtype,
         device,
+        threads,
         seed,
         output,
         fmt,
@@ -255,6 +288,11 @@ def plan_generate(opts: GenerateOptions) -> Plan:
 def run_generate(opts: GenerateOptions, progress: Callable[[Progress], None] | None = None) -> GenerateResult:
     """Generate (or continue) a stream as ``opts`` say; Ctrl-C stops after closing the output (``interrupted``)."""
     plan = plan_generate(opts)
+    with cpu_threads(plan.threads):
+        return _run(plan, opts, progress)
+
+
+def _run(plan: Plan, opts: GenerateOptions, progress: Callable[[Progress], None] | None) -> GenerateResult:
     cfg, fpb = plan.loaded.cfg, plan.loaded.cfg.frames_per_block
     backend = make_backend(
         plan.backend,

@@ -81,7 +81,8 @@ class OnnxRuntimeBackend(Backend):
         device: ``"cpu"``, ``"cuda"``/``"cuda:N"`` (needs onnxruntime-gpu) or ``"auto"``.
         providers: execution providers in priority order; default: the CUDA EP (with the CPU EP as fallback for
             unsupported nodes) on a CUDA device, else the CPU EP.
-        session_options: an ``onnxruntime.SessionOptions``; default: all graph optimisations, warnings only.
+        session_options: an ``onnxruntime.SessionOptions``; default: all graph optimisations, warnings only, as many
+            intra-op threads as torch uses (:mod:`arl2rt.runtime.threads`).
     """
 
     name = "onnxruntime"
@@ -114,6 +115,7 @@ class OnnxRuntimeBackend(Backend):
         if options is None:
             options = ort.SessionOptions()
             options.log_severity_level = 3
+            options.intra_op_num_threads = torch.get_num_threads()  # the CPU EP follows torch's count (--threads)
         errors = (*_ort_errors(), OSError)
         sessions = {}
         for graph in self.spec.graphs:

@@ -92,4 +92,8 @@ def resolve_context(
         return embedded.encode_prompt(embedded.default_prompt), f"prompt {embedded.default_prompt!r}"
     if loaded.source["kind"] == "random":
         return random_context(loaded.cfg, seed), f"random text embeddings (seed {seed})"
-    raise Arl2rtError(f"model {loaded.description} needs text: pass --context FILE.safetensors (or --prompt)")
+    # no word vocabulary reached this far (else its default prompt would serve), so --prompt is no way out
+    raise Arl2rtError(
+        f"model {loaded.description} needs text: pass --context FILE.safetensors, embeddings "
+        f"[B, {loaded.cfg.text_len}, {loaded.cfg.text_dim}] (it has no word vocabulary for --prompt)"
+    )
