@@ -109,7 +109,7 @@ def test_frames_round_up_to_whole_blocks_with_a_note(tmp_path, rgb_config):
         ({"model": "pkg"}, r"--model \(an exported package\) and --config/--checkpoint"),
         ({"config": None, "checkpoint": "w.pt"}, "checkpoint .*w.pt: no such file"),  # its config: from the file
         ({"backend": "tensorflow"}, r"--backend 'tensorflow': expected one of \['onnxruntime', 'tensorrt', 'torch'\]"),
-        ({"prompt": "two red balls"}, "has no word vocabulary .* pass --context"),
+        ({"prompt": "two red balls"}, "has no word vocabulary .* pass --text-encoder DIR .* or --context"),
         ({"output": None}, "expected an output: -o out.mp4"),
         ({"blocks": 0}, "--blocks must be >= 1"),
         ({"save_every": 0}, "--save-every must be >= 1"),
@@ -147,8 +147,8 @@ def test_resume_refuses_new_text_another_seed_or_nothing_to_do(tmp_path, rgb_con
         run_generate(dataclasses.replace(resume, config=str(other)))
 
 
-def test_a_latent_model_asked_for_video_fails_before_writing_anything(tmp_path):
-    with pytest.raises(Arl2rtError, match="4-channel latents.*no VAE"):
+def test_a_latent_model_asked_for_video_without_a_vae_fails_before_writing_anything(tmp_path):
+    with pytest.raises(Arl2rtError, match="4-channel latents.*decode them with --vae"):
         run_generate(GenerateOptions(config="tiny", output=tmp_path / "a.mp4", blocks=1))
     assert not (tmp_path / "a.mp4").exists()
 

@@ -80,6 +80,20 @@ def generate(
     checkpoint: Annotated[
         Path | None, typer.Option(help="Checkpoint for --config; without one the weights are random.")
     ] = None,
+    vae: Annotated[
+        Path | None,
+        typer.Option(
+            help="Wan2.1 VAE checkpoint (Wan2.1_VAE.pth or diffusers' AutoencoderKLWan) for --config/--checkpoint: "
+            "each block is decoded to video as it is made (a package carries its own decoder)."
+        ),
+    ] = None,
+    text_encoder: Annotated[
+        Path | None,
+        typer.Option(
+            help="Local umT5 encoder + tokenizer folder (transformers' UMT5EncoderModel) that encodes --prompt for "
+            "a model taking text embeddings (Wan); embeddings are cached per prompt."
+        ),
+    ] = None,
     backend: Annotated[str | None, typer.Option(help=_BACKEND_HELP)] = None,
     flavour: Annotated[
         str | None,
@@ -89,7 +103,11 @@ def generate(
         ),
     ] = None,
     prompt: Annotated[
-        str | None, typer.Option(help="Prompt in the embedded model's words, e.g. 'two red balls and one blue ball'.")
+        str | None,
+        typer.Option(
+            help="Prompt: in the embedded model's words (e.g. 'two red balls and one blue ball'), or any text with "
+            "--text-encoder."
+        ),
     ] = None,
     context: Annotated[
         Path | None,
@@ -123,7 +141,7 @@ def generate(
     opts = lib.GenerateOptions(
         output=output, model=model, config=config, checkpoint=checkpoint, backend=backend, flavour=flavour,
         prompt=prompt, context=context, frames=frames, blocks=blocks, seed=seed, dtype=dtype, device=device,
-        threads=threads, fps=fps,
+        threads=threads, fps=fps, vae=vae, text_encoder=text_encoder,
         save_session=save_session, save_every=save_every, resume=resume, overwrite=overwrite,
     )  # fmt: skip
     with progress("blocks") as update:

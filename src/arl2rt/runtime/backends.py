@@ -185,6 +185,7 @@ def make_backend(
     dtype: str = "float32",
     device: str | torch.device | None = None,
     options: Mapping[str, Any] | None = None,
+    vae: Any | None = None,
 ) -> Backend:
     """An inactive backend (use it as a context manager) for a PyTorch ``model`` or an exported ``package``.
 
@@ -196,6 +197,8 @@ def make_backend(
         device: torch device of the tensors the backend takes and returns; None: the backend's default.
         options: keyword arguments of the backend's own (tensorrt: ``flavour``, ``max_frames``, ``max_batch``,
             ``cache_dir``...); a name the backend does not take is an error.
+        vae: a :class:`~arl2rt.model.vae.decoder.WanVaeDecoder` that decodes a PyTorch model's blocks (the state
+            contract then holds its caches); a package carries its own.
     """
     entry = check_runs(name, model=model, package=package)
     device = entry.default_device if device is None else device
@@ -214,5 +217,6 @@ def make_backend(
     if entry.runs == "model":
         from arl2rt.export.state_spec import StateSpec
 
-        return cls(model, StateSpec(model.cfg, dtype), device, **options)
+        spec = StateSpec(model.cfg, dtype, vae.config if vae is not None else None)
+        return cls(model, spec, device, **({"vae": vae} if vae is not None else {}), **options)
     return cls(package, device=device, **options)

@@ -70,6 +70,8 @@ class GenerateOptions:
     dtype: str | None = None
     device: str | None = None
     threads: int | None = None  # CPU threads; None: runtime.threads.default_threads
+    vae: Path | None = None  # Wan2.1 VAE checkpoint: decode a PyTorch model's latents into video
+    text_encoder: Path | None = None  # umT5 encoder folder: --prompt for a model that takes text embeddings
     fps: int = 16
     save_session: Path | None = None
     save_every: int = DEFAULT_SAVE_EVERY
@@ -195,7 +197,9 @@ def plan_generate(opts: GenerateOptions) -> Plan:
     if device is not None and device != "auto":
         check_device(device)
 
-    loaded = load_model(package=opts.model, config=opts.config, checkpoint=opts.checkpoint, recorded=recorded("source"))
+    loaded = load_model(
+        package=opts.model, config=opts.config, checkpoint=opts.checkpoint, vae=opts.vae, recorded=recorded("source")
+    )
     cfg = loaded.cfg
     package = loaded.package
     # a package's default backend is the one of its target, so a tensorrt package is not handed to onnxruntime
@@ -231,7 +235,8 @@ def plan_generate(opts: GenerateOptions) -> Plan:
     if output is None:
         raise Arl2rtError("expected an output: -o out.mp4 | out.gif | out.npz | DIR/ (PNG frames)")
     fmt = output_format(output)
-    check_video_output(fmt, cfg.out_channels, cfg.name)
+    decodes = loaded.vae is not None or (loaded.package is not None and loaded.package.spec.vae is not None)
+    check_video_output(fmt, cfg.out_channels, cfg.name, decodes=decodes)
     append = written if written is not None and Path(written["path"]) == output.resolve() else None
     if append is None:
         check_new_output(output, opts.overwrite)
@@ -246,7 +251,9 @@ def plan_generate(opts: GenerateOptions) -> Plan:
         )
     context = None
     if record is None:
-        context, text = resolve_context(loaded, seed, prompt=opts.prompt, context=opts.context)
+        context, text = resolve_context(
+            loaded, seed, prompt=opts.prompt, context=opts.context, text_encoder=opts.text_encoder
+        )
         if fmt != "npz" and context.shape[0] != 1:
             raise Arl2rtError(f"output {output}: video formats take one stream; --context has batch {context.shape[0]}")
         batch = context.shape[0]
@@ -301,11 +308,13 @@ def _run(plan: Plan, opts: GenerateOptions, progress: Callable[[Progress], None]
         dtype=plan.dtype,
         device=plan.device,
         options=plan.backend_options,
+        vae=plan.loaded.vae,
     )
     if plan.save_dir is not None:
         _ = plan.loaded.identity  # hashed (once) before the clock starts
     start = plan.snapshot.position.block if plan.snapshot else 0
-    peak_state, saved, interrupted = 0, start if plan.snapshot else None, False
+    peak_state, saved, interrupted, written = 0, start if plan.snapshot else None, False, 0
+    video = plan.format != "npz"  # a model with a VAE writes decoded frames to video, its latents to .npz
     t0 = time.perf_counter()
     with backend:
         # a global K/V cache starts at most this long and grows geometrically (a huge --blocks must not preallocate)
@@ -330,7 +339,10 @@ def _run(plan: Plan, opts: GenerateOptions, progress: Callable[[Progress], None]
         with writer:
             try:
                 while streamer.position.block < plan.target_blocks:
-                    writer.write(streamer.next_block())
+                    latents = streamer.next_block()
+                    block = streamer.last_frames if video and streamer.last_frames is not None else latents
+                    writer.write(block)
+                    written += block.shape[2]
                     pos, state = streamer.position, sum(streamer.store.nbytes().values())
                     peak_state = max(peak_state, state)
                     if plan.save_dir is not None and (
@@ -356,12 +368,12 @@ def _run(plan: Plan, opts: GenerateOptions, progress: Callable[[Progress], None]
         backend=getattr(backend, "label", plan.backend),
         model=plan.loaded.description,
         blocks=made,
-        frames=made * fpb,
+        frames=written,
         total_blocks=pos.block,
         total_frames=pos.frame,
         seconds=seconds,
         blocks_per_s=made / seconds if seconds > 0 else 0.0,
-        frames_per_s=made * fpb / seconds if seconds > 0 else 0.0,
+        frames_per_s=written / seconds if seconds > 0 else 0.0,
         state_bytes=end_state,
         peak_state_bytes=peak_state,
         peak_rss_bytes=_peak_rss(),

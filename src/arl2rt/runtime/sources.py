@@ -7,6 +7,10 @@ or the embedded model; and the record a session keeps to load the very same one 
   safetensors); ``--config`` alone gives seeded random weights (smoke tests, benchmarks: the frames are not
   meaningful);
 * neither: the embedded model (:mod:`arl2rt.model.embedded`), a pixel-space model with a word vocabulary.
+
+A PyTorch model of a latent-space config takes ``--vae FILE``, a Wan2.1 VAE checkpoint (either key layout,
+:func:`arl2rt.model.vae.checkpoint.load_decoder`): the stream's blocks are then decoded to video as they are made. A
+package carries its decoder when it was exported with one.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class LoadedModel:
     model: CausalDiT | None = None
     package: Any | None = None  # ModelPackage
     embedded: Any | None = None  # EmbeddedModel
+    vae: Any | None = None  # WanVaeDecoder of a PyTorch model (a package's is in its graphs)
     _identity: str | None = None
 
     @property
@@ -52,7 +57,7 @@ class LoadedModel:
 
                 self._identity = sha256_file(Path(self.package.root) / MANIFEST_NAME)
             else:
-                self._identity = module_identity(self.model)
+                self._identity = module_identity(self.model, self.vae)
         return self._identity
 
 
@@ -72,10 +77,16 @@ def load_model(
     package: Path | None = None,
     config: str | None = None,
     checkpoint: Path | None = None,
+    vae: Path | None = None,
     recorded: dict[str, Any] | None = None,
 ) -> LoadedModel:
-    """The model named by a ``package`` directory or a ``config`` (with an optional ``checkpoint``); with none named,
-    the ``recorded`` source of a resumed session, else the embedded model."""
+    """The model named by a ``package`` directory or a ``config`` (with an optional ``checkpoint`` and ``vae``); with
+    none named, the ``recorded`` source of a resumed session, else the embedded model."""
+    if vae is not None and (package is not None or (config is None and checkpoint is None)):
+        raise Arl2rtError(
+            "--vae: a Wan2.1 VAE decoder goes with a PyTorch model (--config/--checkpoint); an exported package "
+            "carries its own (arl2rt export --vae FILE)"
+        )
     if package is not None and (config is not None or checkpoint is not None):
         raise Arl2rtError("--model (an exported package) and --config/--checkpoint (PyTorch) exclude each other")
     if config is not None and Path(config).is_file():
@@ -90,6 +101,8 @@ def load_model(
         source = recorded
     else:
         source = {"kind": "embedded"}
+    if vae is not None:
+        source = {**source, "vae": str(Path(vae).resolve())}
     return _load_source(source)
 
 
@@ -107,12 +120,27 @@ def _load_source(source: dict[str, Any]) -> LoadedModel:
         except ImportError as exc:
             raise Arl2rtError(f"--checkpoint: checkpoint loading is not part of this build ({exc})") from None
         model = load_checkpoint(Path(source["path"]), cfg)
-        return LoadedModel(model.cfg, source, model=model)
+        return LoadedModel(model.cfg, source, model=model, vae=_decoder(source, model.cfg))
     if kind == "random":
         cfg = load_config(source["config"])
-        return LoadedModel(cfg, source, model=random_model(cfg))
+        return LoadedModel(cfg, source, model=random_model(cfg), vae=_decoder(source, cfg))
     if kind == "embedded":
         em = embedded_model()
         source = {"kind": "embedded", "name": em.model.cfg.name}
         return LoadedModel(em.model.cfg, source, model=em.model, embedded=em)
     raise Arl2rtError(f"session: unknown model source {source!r}; expected a package, checkpoint, config or embedded")
+
+
+def _decoder(source: dict[str, Any], cfg: ModelConfig):
+    """The Wan2.1 VAE decoder a source names (``vae``), checked against the DiT's latent channels; else None."""
+    if source.get("vae") is None:
+        return None
+    from arl2rt.model.vae.checkpoint import load_decoder
+    from arl2rt.model.vae.config import WAN21_VAE
+
+    if cfg.out_channels != WAN21_VAE.z_dim:
+        raise Arl2rtError(
+            f"--vae {source['vae']}: the Wan2.1 VAE decodes {WAN21_VAE.z_dim}-channel latents; config {cfg.name} "
+            f"makes {cfg.out_channels}-channel ones"
+        )
+    return load_decoder(Path(source["vae"]), WAN21_VAE).eval()

@@ -71,11 +71,23 @@ def _vocab_encoder(cfg: ModelConfig):
 
 
 def resolve_context(
-    loaded: sources.LoadedModel, seed: int, *, prompt: str | None = None, context: Path | None = None
+    loaded: sources.LoadedModel,
+    seed: int,
+    *,
+    prompt: str | None = None,
+    context: Path | None = None,
+    text_encoder: Path | None = None,
 ) -> tuple[torch.Tensor, str]:
-    """Text context of a new stream (from ``prompt`` or a ``context`` file, else a default) and where it came from."""
+    """Text context of a new stream (from ``prompt`` — through ``text_encoder``, a local umT5 folder, when given — or a
+    ``context`` file, else a default) and where it came from."""
     if prompt is not None and context is not None:
         raise Arl2rtError("--prompt and --context exclude each other")
+    if text_encoder is not None:
+        if prompt is None:
+            raise Arl2rtError(f"--text-encoder {text_encoder}: expected --prompt, the text it encodes")
+        from arl2rt.model.text import encode_prompts  # transformers loads only on a cache miss
+
+        return encode_prompts([prompt], Path(text_encoder), loaded.cfg), f"prompt {prompt!r} (umT5 {text_encoder})"
     if context is not None:
         return load_context(Path(context), loaded.cfg), f"context {context}"
     embedded = loaded.embedded
@@ -85,7 +97,7 @@ def resolve_context(
         if embedded is None:
             raise Arl2rtError(
                 f"--prompt: model {loaded.cfg.name} has no word vocabulary (it takes text embeddings); "
-                "pass --context FILE.safetensors"
+                "pass --text-encoder DIR (a local umT5 folder) or --context FILE.safetensors"
             )
         return embedded.encode_prompt(prompt), f"prompt {prompt!r}"
     if embedded is not None:

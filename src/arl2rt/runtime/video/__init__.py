@@ -7,9 +7,9 @@ One module per format, picked by :func:`output_format` from the path:
 * a directory, a path without a suffix or an existing one (:mod:`.png_dir`): one ``frame_000000.png`` per frame.
 * ``.npz`` (:mod:`.npz`): the raw latents, one array per block; :func:`read_latents` reads the whole stream back.
 
-Video formats need RGB frames: a pixel-space model whose latents are RGB in [-1, 1], ``[1, 3, F, H, W]`` (the embedded
-model). arl2rt has no VAE, so a latent-space model (Wan: 16 channels) can only write ``.npz`` latents; asking for a
-video is an error that says so.
+Video formats need RGB frames in [-1, 1], ``[1, 3, F, H, W]``: a pixel-space model's latents (the embedded model), or
+the frames the Wan2.1 VAE decoder makes of a latent-space model's blocks (``--vae``, or a package exported with one).
+A latent-space model without a decoder writes ``.npz`` latents; asking it for a video is an error that says so.
 
 Appending (``--resume``): each writer reports :meth:`FrameWriter.state` (format, path, frames, bytes, and the sha256
 of what it wrote) after a block; a session stores it, and a writer opened with ``resume=state`` first checks that the

@@ -29,12 +29,12 @@ def output_format(path: Path) -> str:
         ) from None
 
 
-def check_video_output(fmt: str, channels: int, model: str) -> None:
-    """Video formats need a pixel-space model with RGB latents; say what to do otherwise."""
-    if fmt in VIDEO_FORMATS and channels != 3:
+def check_video_output(fmt: str, channels: int, model: str, *, decodes: bool = False) -> None:
+    """Video formats need RGB frames: a pixel-space model, or a latent one with a VAE decoder (``decodes``)."""
+    if fmt in VIDEO_FORMATS and channels != 3 and not decodes:
         raise Arl2rtError(
             f"output format {fmt}: model {model} makes {channels}-channel latents, expected 3 (RGB, a pixel-space "
-            "model); arl2rt has no VAE to decode latents into video: write the latents with -o out.npz"
+            "model); decode them with --vae Wan2.1_VAE.pth, or write the latents with -o out.npz"
         )
 
 
