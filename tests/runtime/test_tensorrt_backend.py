@@ -291,7 +291,7 @@ def test_generate_asks_for_engines_of_its_own_stream(micro_generate, recorded_ac
     ],
     ids=["flavour-without-tensorrt", "unknown-flavour", "global-cache-beyond-rope"],
 )
-def test_generate_refuses_what_the_tensorrt_backend_cannot_run(micro_generate, args, message):
+def test_generate_refuses_what_the_tensorrt_backend_cannot_run(micro_generate, recorded_activation, args, message):
     from typer.testing import CliRunner
 
     from arl2rt.cli.main import app
@@ -299,6 +299,7 @@ def test_generate_refuses_what_the_tensorrt_backend_cannot_run(micro_generate, a
     cli, out = micro_generate
     res = CliRunner().invoke(app, [*cli, *args])
     assert res.exit_code == 1 and message in " ".join(res.output.split()) and "Traceback" not in res.output
+    assert not recorded_activation  # refused while planning, before any backend was made
     assert not out.exists()
 
 
