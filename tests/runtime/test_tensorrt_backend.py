@@ -303,8 +303,11 @@ def test_generate_refuses_what_the_tensorrt_backend_cannot_run(micro_generate, r
     assert not out.exists()
 
 
-def test_make_backend_passes_options_through_and_names_unknown_ones(micro_exports):
+def test_make_backend_passes_options_through_and_names_unknown_ones(micro_exports, monkeypatch):
     from arl2rt.runtime.backends import make_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the tensorrt backend's cuda device "exists"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
 
     package = micro_exports.package("portable")
     backend = make_backend("tensorrt", package=package, options={"flavour": "tensorrt-rtx", "max_frames": 12})
