@@ -17,13 +17,8 @@ from safetensors.torch import save_file
 
 from arl2rt.errors import Arl2rtError
 from arl2rt.model import checkpoint as ckpt_mod
-from arl2rt.model.checkpoint import (
-    ARL2_PARAMS,
-    canonical_key,
-    convert_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from arl2rt.model.checkpoint import ARL2_PARAMS, convert_checkpoint, load_checkpoint, save_checkpoint
+from arl2rt.model.checkpoint_files import canonical_key
 from arl2rt.model.config import PRESETS
 from arl2rt.model.random import random_context, random_model
 
