@@ -131,10 +131,11 @@ def test_gif_loops_and_holds_the_frame_rate(tmp_path):
         assert im.n_frames == F and im.info["loop"] == 0 and im.info["duration"] == 100
 
 
-def test_a_latent_model_cannot_write_video():
-    with pytest.raises(Arl2rtError, match=r"16-channel latents.*no VAE.*out\.npz"):
+def test_a_latent_model_writes_video_only_through_a_decoder():
+    with pytest.raises(Arl2rtError, match=r"16-channel latents.*decode them with --vae.*out\.npz"):
         check_video_output("mp4", 16, "wan2.1-t2v-1.3b")
     check_video_output("npz", 16, "wan2.1-t2v-1.3b")
+    check_video_output("mp4", 16, "wan2.1-t2v-1.3b", decodes=True)
     with pytest.raises(Arl2rtError, match=r"expected latents \[1, 3, F, H, W\], found \[2, 3, 3, 4, 4\]"):
         to_rgb_frames(torch.zeros(2, 3, 3, 4, 4))
 
