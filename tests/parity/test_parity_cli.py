@@ -33,6 +33,8 @@ def test_torch_float32_passes_and_prints_json(small_config):
     assert data["candidate"] == "torch float32" and data["reference"] == "torch float64"
     assert [p["block"] for p in data["drift"]["drift"]] == [0, 1]
     assert data["summary"]["step"]["failed_steps"] == 0
+    # piped, progress is one plain line per block on stderr, and stdout holds the JSON alone
+    assert "parity 1/2: blocks streamed" in res.stderr and "parity 2/2: blocks streamed" in res.stderr
 
 
 def test_zero_tolerance_fails_with_exit_1_and_names_the_first_failure(small_config):

@@ -8,10 +8,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
-from arl2rt.cli._common import err, out, print_json, user_errors
+from arl2rt.cli._common import out, print_json, progress, user_errors
 from arl2rt.errors import Arl2rtError
 from arl2rt.model.config import load_config
 from arl2rt.model.dit import CausalDiT
@@ -79,8 +78,7 @@ def parity(
     if set(modes) - set(MODES):
         raise Arl2rtError(f"--mode {mode!r}: expected drift, step or both")
     model, source = _model(config, checkpoint)
-    with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
-        task = bar.add_task(f"parity: {blocks} blocks", total=blocks)
+    with progress("parity") as update:
         report = check_parity(
             model,
             random_context(model.cfg, seed),
@@ -96,7 +94,7 @@ def parity(
             device=device,
             save_polygraphy=save_polygraphy,
             polygraphy_block=polygraphy_block,
-            progress=lambda: bar.advance(task),
+            progress=update,
             source=source,
         )
     if json_:

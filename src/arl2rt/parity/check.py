@@ -10,6 +10,7 @@ name must be a tensor or kind the comparison sees: either mistake is refused bef
 from __future__ import annotations
 
 import copy
+import itertools
 import tempfile
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
@@ -36,6 +37,8 @@ from arl2rt.runtime.backends import (
 )
 from arl2rt.runtime.trt.profiles import stream_max_frames
 
+Progress = Callable[[int, int | None, str], None]  # (done, total, what): export stages, then streamed blocks
+
 
 @dataclass
 class ParityReport:
@@ -51,14 +54,28 @@ class ParityReport:
 
 
 def _package(
-    model: CausalDiT, package: Path | None, target: str, dtype: str | None, export_dir: Path, source: str | None
+    model: CausalDiT,
+    package: Path | None,
+    target: str,
+    dtype: str | None,
+    export_dir: Path,
+    source: str | None,
+    progress: Progress,
 ):
     from arl2rt.export.package import ModelPackage, export_package
 
     if package is None:
         # overwrite only ever replaces an arl2rt package (the one an earlier --save-polygraphy run wrote there)
         dtype = dtype or "float32"
-        return export_package(model, export_dir, target=target, dtype=dtype, overwrite=True, source=source)
+        return export_package(
+            model,
+            export_dir,
+            target=target,
+            dtype=dtype,
+            overwrite=True,
+            source=source,
+            progress=lambda done, total, stage: progress(done, total, f"export: {stage}"),
+        )
     loaded = ModelPackage.load(package)
     if loaded.config != model.cfg:
         raise Arl2rtError(
@@ -87,7 +104,7 @@ def check_parity(
     device: str | None = None,
     save_polygraphy: Path | None = None,
     polygraphy_block: int | None = None,
-    progress: Callable[[], None] | None = None,
+    progress: Progress | None = None,
     source: str | None = None,
 ) -> ParityReport:
     """Stream ``blocks`` blocks of ``model`` on the float64 torch reference and on the candidate; compare each step.
@@ -96,8 +113,11 @@ def check_parity(
     error). ``atol``/``rtol`` override the defaults of that precision per tensor name or kind (key ``""``: default).
     ``target`` and ``device`` default to the backend's own (:data:`~arl2rt.runtime.backends.BACKENDS`); ``device``
     ``auto`` picks the best one here. The reference runs on the same device. ``source`` says where ``model``'s
-    weights come from (``checkpoint PATH``, ``random weights of seed 0``), for the messages.
+    weights come from (``checkpoint PATH``, ``random weights of seed 0``), for the messages. ``progress(done, total,
+    what)`` is told of each export stage (when a package is made) and of each block streamed.
     """
+    report = progress or (lambda done, total, what: None)
+    streamed = itertools.count(1)
     entry = backend_entry(backend, "parity backend")
     for option, table in (("--atol", atol), ("--rtol", rtol)):
         check_tolerance_names(table or {}, StateSpec(model.cfg), option)
@@ -125,7 +145,7 @@ def check_parity(
                 export_dir = save_polygraphy / "package"
             else:
                 export_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="arl2rt-parity-"))) / "pkg"
-            pkg = _package(model, package, target, dtype, export_dir, source)
+            pkg = _package(model, package, target, dtype, export_dir, source, report)
             if package is not None:
                 check_target(backend, pkg.target, f"package {package}: target")
             package_path = pkg.root
@@ -143,7 +163,7 @@ def check_parity(
             modes=modes,
             tolerances=tolerances,
             capture_block=capture,
-            progress=progress,
+            progress=lambda: report(next(streamed), blocks, "blocks streamed"),
         )
         saved = None
         if save_polygraphy is not None:
