@@ -92,24 +92,6 @@ class KVCache:
     def nbytes(self) -> int:
         return self.key.numel() * self.key.element_size() * 2
 
-    # -- the VAE decoder's caches ----------------------------------------------------------------------------------
-    @property
-    def decode_graph(self) -> str:
-        """The graph that decodes the next block: ``decode_first`` while the caches are absent, else ``decode_step``."""
-        return self.spec.decode_graph(first=not self.vae)
-
-    def vae_feeds(self) -> dict[str, torch.Tensor]:
-        """The past VAE caches by name (none before the first decode)."""
-        return dict(self.vae)
-
-    def commit_vae(self, outputs: dict[str, torch.Tensor]) -> None:
-        """Bind every ``present_vae.*`` of a decode's outputs as the next ``past_vae.*`` (no copy)."""
-        presents = self.spec.vae_caches(PRESENT_VAE)
-        missing = [s.name for s in presents if s.name not in outputs]
-        if missing:
-            raise Arl2rtError(f"decode returned no {missing}; expected every present VAE cache")
-        self.vae = {self.spec.past_of(s.name): outputs[s.name] for s in presents}
-
     def rotate_keys(self, rotate: Callable[[torch.Tensor, int], torch.Tensor], chunk_tokens: int) -> None:
         """Replace the valid cached K by ``rotate(K, head_dim_axis)``, a slice of tokens at a time (RoPE re-base)."""
         n = self.frames * self.tpf
