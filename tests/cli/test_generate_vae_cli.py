@@ -52,7 +52,11 @@ def test_blocks_are_decoded_as_the_decoder_decodes_the_whole_stream(tmp_path, fi
     with torch.no_grad():
         want = to_rgb_frames(decode_in_blocks(decoder, z, f))
     got = np.stack([iio.imread(p) for p in sorted(frames_dir.glob("frame_*.png"))])
-    assert got.shape == want.shape and np.array_equal(got, want)
+    # the same decode up to float rounding (generate runs one CPU thread, this process may run more): a pixel may sit
+    # on the other side of a rounding boundary, by one level at most
+    assert got.shape == want.shape and want.std() > 10  # real frames, not a constant
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
 
 
 def test_vae_misuse_is_one_line(tmp_path, files):
