@@ -30,6 +30,8 @@ def doctor(
     out.print(versions)
     gpu = f"{env.gpu} (compute capability {env.compute_capability})" if env.gpu else "none"
     result(f"GPU: {gpu}")
+    if env.onnxruntime is not None and env.onnxruntime.module:
+        result(f"onnxruntime providers: {', '.join(env.onnxruntime.providers)} (from {env.onnxruntime.module})")
     backends = Table("backend", "status", title="backends")
     for name, reason in env.backends.items():
         status = Text("available", style="green") if reason is None else Text(f"unavailable: {reason}", style="yellow")
