@@ -22,6 +22,7 @@ from arl2rt.runtime.trt.cache import ENTRY_FILE, EngineCache, blocking_fields, k
 from arl2rt.runtime.trt.flavour import FLAVOURS, Flavour
 from arl2rt.runtime.trt.loaders import check_network_io, expected_io
 from arl2rt.runtime.trt.profiles import DimRange, dim_ranges, profile_shapes, stream_max_frames
+from model.vae.vae_helpers import TINY
 
 KEY = {"flavour": "tensorrt", "version": "10.9.0", "device": {"compute_capability": "9.0"}, "onnx": {"g": "ab"}}
 ENGINES = {"encode_context": b"\x01engine-a" * 50, "denoise_step": b"\x02engine-b" * 70, "commit_step": b"\x03c" * 9}
@@ -116,6 +117,14 @@ def test_profile_ranges_of_tiny():
     assert shapes["latents"] == ((1, 4, 3, 8, 8), (1, 4, 3, 8, 8), (2, 4, 3, 8, 8))
     assert "frame_offset" not in shapes  # static: no profile entry
     assert set(profile_shapes(StateSpec(cfg), "encode_context", ranges)) == {"context"}
+
+
+def test_decode_graphs_profile_batch_only():
+    spec = StateSpec(PRESETS["tiny"], vae=TINY)  # latent 8x8, 3 frames per block
+    shapes = profile_shapes(spec, "decode_step", dim_ranges(spec.config, max_frames=21, max_batch=2))
+    assert set(shapes) == {s.name for s in spec.inputs("decode_step")}  # the latents and all 32 caches
+    assert shapes["vae_latents"] == ((1, 4, 3, 8, 8), (1, 4, 3, 8, 8), (2, 4, 3, 8, 8))
+    assert all(lo[1:] == opt[1:] == hi[1:] and (lo[0], hi[0]) == (1, 2) for lo, opt, hi in shapes.values())
 
 
 def test_rolling_window_caps_the_past():

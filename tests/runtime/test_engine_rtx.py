@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from arl2rt.cli.main import app
 from arl2rt.errors import Arl2rtError
-from arl2rt.export.state_spec import GRAPHS
+from arl2rt.export.state_spec import DECODE_GRAPHS, GRAPHS, PAST_VAE, PRESENT_VAE
 from arl2rt.runtime.trt.build import build_engines
 from arl2rt.runtime.trt.flavour import FLAVOURS, Flavour, device_key, load_flavour, rtx_capabilities
 from arl2rt.runtime.trt.loaders import NetworkFromOnnx, expected_io, network_io
@@ -54,6 +54,27 @@ def test_micro_portable_package_parses_to_the_state_contract_and_builds(micro_ex
     assert built["key"]["device"] == {"rtx_targets": "default", "build_gpu": None}
     assert built["key"]["profiles"]["denoise_step"]["past_key.1"] == [[1, 0, 2, 16], [1, 48, 2, 16], [1, 108, 2, 16]]
     assert _build(micro_portable.root, tmp_path / "cache")["status"] == "hit"
+
+
+def test_micro_portable_package_with_a_vae_builds_its_decode_graphs(micro_vae_exports, tmp_path):
+    """The tiny Wan-shaped decoder's two graphs parse to the StateSpec (its 32 caches included) and build, with a
+    profile over batch only."""
+    package = micro_vae_exports.package("portable")
+    spec, flavour = package.spec, load_flavour("tensorrt-rtx")
+    for graph in DECODE_GRAPHS:
+        found = network_io(NetworkFromOnnx(flavour, package.graph_path(graph))().network)
+        assert found == expected_io(spec, graph), graph
+        assert sum(t["name"].startswith(f"{PRESENT_VAE}.") for t in found["outputs"]) == 32, graph
+    assert sum(t["name"].startswith(f"{PAST_VAE}.") for t in found["inputs"]) == 32
+    built = build_engines(package, flavour="tensorrt-rtx", cache_dir=tmp_path / "cache", max_batch=2)
+    assert built.status == "built" and set(built.entry.engines) == set(GRAPHS + DECODE_GRAPHS)
+    assert all(built.entry.engines[g].stat().st_size > 0 for g in DECODE_GRAPHS)
+    profiles = built.entry.key["profiles"]
+    past0, latents = spec.vae_caches(PAST_VAE)[0].shape, spec.vae_latents().shape  # only batch is symbolic
+    assert profiles["decode_step"]["past_vae.0"] == [[b, *past0[1:]] for b in (1, 1, 2)]
+    assert profiles["decode_first"] == {"vae_latents": [[b, *latents[1:]] for b in (1, 1, 2)]}
+    assert set(profiles["decode_step"]) == {s.name for s in spec.inputs("decode_step")}
+    assert build_engines(package, flavour="tensorrt-rtx", cache_dir=tmp_path / "cache", max_batch=2).status == "hit"
 
 
 def test_cache_hit_miss_and_corruption_with_real_engines(toy, tmp_path):

@@ -19,11 +19,12 @@ import pytest
 import torch
 
 from arl2rt.errors import Arl2rtError
-from arl2rt.export.state_spec import GRAPHS, StateSpec
+from arl2rt.export.state_spec import BATCH, DECODE_GRAPHS, GRAPHS, PAST_VAE, PRESENT_VAE, StateSpec
 from arl2rt.model.config import PRESETS
 from arl2rt.runtime.tensorrt_backend import TensorRTBackend, check_engine_io, deserialize_error
 from arl2rt.runtime.trt.flavour import FLAVOURS, Flavour
 from arl2rt.runtime.trt.loaders import DTYPE_NAMES
+from model.vae.vae_helpers import TINY
 
 ENGINE = Path("/pkg/engines/commit_step.engine")
 
@@ -88,6 +89,7 @@ class _FakeEngine:
     """An engine whose tensors are exactly the StateSpec's (what check_engine_io accepts)."""
 
     def __init__(self, spec: StateSpec, graph: str) -> None:
+        self.spec, self.graph = spec, graph
         self.io = _engine_io(spec, graph)
         self.names = list(self.io)
 
@@ -105,8 +107,36 @@ class _FakeEngine:
     def get_tensor_shape(self, name):
         return self.io[name]["shape"]
 
+    def is_shape_inference_io(self, name):
+        return False
+
     def create_execution_context(self):
-        return object()
+        return _FakeContext(self.spec, self.graph)
+
+
+class _FakeContext:
+    """An execution context that records what a run binds; output shapes follow the StateSpec at the bound batch."""
+
+    def __init__(self, spec: StateSpec, graph: str) -> None:
+        self.spec, self.graph = spec, graph
+        self.shapes: dict[str, tuple] = {}
+        self.addresses: dict[str, int] = {}
+        self.runs = 0
+
+    def set_input_shape(self, name, shape):
+        self.shapes[name] = shape
+        return True
+
+    def get_tensor_shape(self, name):
+        batch = next(iter(self.shapes.values()))[0]
+        return next(s for s in self.spec.outputs(self.graph) if s.name == name).resolve(**{BATCH: batch})
+
+    def set_tensor_address(self, name, address):
+        self.addresses[name] = address
+
+    def execute_async_v3(self, stream):
+        self.runs += 1
+        return True
 
 
 class _FakeTrt(types.SimpleNamespace):
@@ -130,7 +160,7 @@ def fake_tensorrt(monkeypatch, tmp_path):
 
     seen: dict = {"gpu": ("NVIDIA GeForce RTX 4090", "8.9"), "registered": 0}
     engines = {}
-    for graph in GRAPHS:
+    for graph in GRAPHS + DECODE_GRAPHS:
         engines[graph] = tmp_path / f"{graph}.engine"
         engines[graph].write_bytes(graph.encode())
 
@@ -152,7 +182,9 @@ def fake_tensorrt(monkeypatch, tmp_path):
     monkeypatch.setattr(backend_module, "build_engines", build_engines)
     monkeypatch.setattr(backend_module, "register_trt_plugins", register)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
-    monkeypatch.setattr(torch.cuda, "Stream", lambda device: object())
+    stream = types.SimpleNamespace(wait_stream=lambda other: None, cuda_stream=0)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: stream)
     return seen
 
 
@@ -166,6 +198,28 @@ def test_activation_asks_the_cache_for_engines_that_serve_the_stream(micro_expor
     assert (build["max_frames"], build["max_batch"], build["cache_dir"]) == (48, 2, Path("/c"))
     assert build["reuse_wider"] is True
     assert fake_tensorrt["registered"] == 0  # AOT engines carry their kernels: no plugin module, no Triton
+
+
+def test_a_package_with_a_vae_decodes_on_its_engines_as_the_dit_steps_run(fake_tensorrt):
+    spec = StateSpec(PRESETS["tiny"], vae=TINY)
+    package = types.SimpleNamespace(spec=spec, target="portable", plugin_mode=None)
+    fake_tensorrt["spec"] = spec
+    with TensorRTBackend(package, max_batch=2) as backend:
+        assert set(backend.engines) == set(backend.contexts) == set(GRAPHS + DECODE_GRAPHS)
+        backend.device = torch.device("cpu")  # the fake engines run nothing: host tensors stand in for the GPU's
+        feeds = {s.name: torch.zeros(s.resolve(batch=2), dtype=s.torch_dtype) for s in spec.inputs("decode_step")}
+        spare = {s.name: torch.zeros(s.resolve(batch=2), dtype=s.torch_dtype) for s in spec.vae_caches(PRESENT_VAE)}
+        outputs = backend.run("decode_step", feeds, spare)
+        ctx = backend.contexts["decode_step"]
+        assert ctx.runs == 1 and ctx.shapes == {n: tuple(t.shape) for n, t in feeds.items()}
+        assert set(outputs) == {s.name for s in spec.outputs("decode_step")}
+        assert all(outputs[n] is t for n, t in spare.items())  # the caches' ping-pong: written into the spares
+        assert ctx.addresses == {n: t.data_ptr() for n, t in {**feeds, **outputs}.items()}
+        assert outputs["frames"].shape == spec.frames(False).resolve(batch=2)
+        assert len([n for n in feeds if n.startswith(f"{PAST_VAE}.")]) == 32
+        first = backend.run("decode_first", {"vae_latents": feeds["vae_latents"]})
+        assert first["first_frames"].shape == spec.frames(True).resolve(batch=2)
+        assert backend.contexts["decode_first"].runs == 1
 
 
 def test_jit_engines_register_the_plugin_first(micro_exports, fake_tensorrt):

@@ -1,4 +1,7 @@
-"""The TensorRT backend: runs a package's three step engines on a CUDA GPU through the same Streamer as every backend.
+"""The TensorRT backend: runs a package's step engines on a CUDA GPU through the same Streamer as every backend.
+
+The engines are those of ``spec.graphs``: the DiT's three steps, and the VAE decoder's ``decode_first`` /
+``decode_step`` when the package has one (the Streamer runs them after each block's commit, as on every backend).
 
 Activation finds the engines (an explicit ``engine_dir`` written by ``arl2rt build``, verified against this machine, or
 the engine cache, building on a miss), deserializes them and makes one execution context per graph. Engines whose
@@ -29,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from arl2rt.errors import Arl2rtError
-from arl2rt.export.state_spec import GRAPHS, PER_PASS, StateSpec
+from arl2rt.export.state_spec import PER_PASS, StateSpec
 from arl2rt.plugins.gdn.trt_register import REGISTRATION_MODULE, register_trt_plugins
 from arl2rt.runtime.backend import Backend
 from arl2rt.runtime.trt.build import build_engines, default_cache_dir, engine_key
@@ -105,7 +108,8 @@ class _Graph:
 
 
 class TensorRTBackend(Backend):
-    """Runs ``encode_context``, ``denoise_step`` and ``commit_step`` of a :class:`ModelPackage` with TensorRT.
+    """Runs ``encode_context``, ``denoise_step`` and ``commit_step`` of a :class:`ModelPackage` with TensorRT, and
+    ``decode_first`` / ``decode_step`` when the package has a VAE decoder.
 
     Args:
         package: a loaded model package, target ``tensorrt`` or ``portable``.
@@ -173,7 +177,7 @@ class TensorRTBackend(Backend):
         trt = flavour.module
         logger = make_logger(flavour)
         self._runtime = trt.Runtime(logger)
-        for graph in GRAPHS:
+        for graph in self.spec.graphs:
             path = entry.engines[graph]
             engine = self._runtime.deserialize_cuda_engine(entry.engine_bytes(graph))
             if engine is None:

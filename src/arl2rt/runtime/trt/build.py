@@ -1,9 +1,11 @@
-"""Library side of ``arl2rt build``: TensorRT engines for the three step graphs of a package, through the cache.
+"""Library side of ``arl2rt build``: TensorRT engines for every step graph of a package, through the cache.
 
-One call parses each graph, checks the parsed network's inputs and outputs against the StateSpec, builds it with an
-optimization profile over ``batch`` and ``past_len`` and stores the three engines as one cache entry. A cache hit skips
-all of it; a corrupt entry is reported and rebuilt. A backend about to run a stream takes any entry that serves it
-(``reuse_wider``: wider profiles, any optimization level) before building one.
+The graphs are ``package.spec.graphs``: the DiT's three, and the VAE decoder's ``decode_first`` / ``decode_step`` when
+the package has one. One call parses each graph, checks the parsed network's inputs and outputs against the StateSpec,
+builds it with an optimization profile over its symbolic dims (``batch`` and ``past_len`` for the DiT's; only
+``batch`` for the decode graphs, whose latents and caches are fixed by the config) and stores the engines as one cache
+entry. A cache hit skips all of it; a corrupt entry is reported and rebuilt. A backend about to run a stream takes any
+entry that serves it (``reuse_wider``: wider profiles, any optimization level) before building one.
 
 The key holds the plugin sources' digest for a ``tensorrt`` package; for JIT plugins also the Triton version, which
 compiles their kernels at run time. AOT engines embed their PTX, so their key leaves Triton out and an engine built
@@ -25,7 +27,6 @@ from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 import arl2rt
 from arl2rt.errors import Arl2rtError
-from arl2rt.export.state_spec import GRAPHS
 from arl2rt.files import sha256_file
 from arl2rt.plugins.gdn.trt_config import plugin_sources_digest, triton_version, trt_plugin_config
 from arl2rt.plugins.gdn.trt_register import register_trt_plugins
@@ -123,7 +124,8 @@ def engine_key(
     """The cache key of a build, and the graphs' ONNX protos (without weights) read to make it."""
     flavour.check_target(package.target, str(package.root))
     ranges = dim_ranges(package.config, max_frames=max_frames, max_batch=max_batch)
-    protos = {g: _load_proto(package.graph_path(g)) for g in GRAPHS}
+    graphs = package.spec.graphs
+    protos = {g: _load_proto(package.graph_path(g)) for g in graphs}
     known: dict[Path, str] = {package.weights_path: package.weights_digest} if package.weights_digest else {}
     key = {
         "flavour": flavour.name,
@@ -131,7 +133,7 @@ def engine_key(
         "device": device_key(flavour, compute_capabilities),
         "target": package.target,
         "precision": package.spec.dtype,
-        "onnx": {g: graph_digest(package.graph_path(g), protos[g], known) for g in GRAPHS},
+        "onnx": {g: graph_digest(package.graph_path(g), protos[g], known) for g in graphs},
         "plugin": {
             "sources": plugin_sources_digest(triton=package.plugin_mode != "aot"),
             "in_place_state": trt_plugin_config().in_place_state,
@@ -140,7 +142,7 @@ def engine_key(
         else None,
         "profiles": {
             g: {n: [list(s) for s in shapes] for n, shapes in profile_shapes(package.spec, g, ranges).items()}
-            for g in GRAPHS
+            for g in graphs
         },
         "optimization_level": optimization_level,
     }
@@ -199,7 +201,7 @@ def build_engines(
         timing_path = cache.timing_cache_path(flavour.name, flavour.version, key["device"]["compute_capability"])
     ranges = dim_ranges(package.config, max_frames=max_frames, max_batch=max_batch)
     engines, seconds, networks = {}, {}, {}
-    for graph in GRAPHS:
+    for graph in package.spec.graphs:
         path = package.graph_path(graph)
         say(f"{graph}: parsing {path.name}")
         start = time.perf_counter()

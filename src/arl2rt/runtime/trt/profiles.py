@@ -1,5 +1,8 @@
 """Optimization-profile shapes for the step graphs: ranges of the symbolic dims ``batch`` and ``past_len``.
 
+The VAE decoder's graphs (``decode_first``, ``decode_step``) have ``batch`` as their only symbolic dim: the config fixes
+their latents (one block of ``frames_per_block`` frames) and the shape of each cache, so their profiles vary batch only.
+
 ``past_len`` is the softmax layers' cache length in tokens. The first block sees an empty cache (0); the last block of
 a ``max_frames``-frame stream sees ``max_frames - frames_per_block`` frames, or the rolling window's past when the
 config has one. TensorRT tunes its kernels for ``opt``: a mid-stream length, in whole blocks. A stream asks for the
