@@ -56,7 +56,7 @@ def build(
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Build even when the cache has the engines.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Build (or find in the cache) the engines of a package's three step graphs."""
+    """Build (or find in the cache) the engines of a package's step graphs (the DiT's three, and a decoder's two)."""
     flavour = _flavour(flavour, backend)
     with err.status("building engines", spinner="dots") as status:
 
