@@ -22,14 +22,22 @@ WEIGHTS_FIELD = "weights"
 _DIGEST_DTYPE = torch.float32
 
 
+def hash_tensors(h, tensors: dict[str, torch.Tensor], float_dtype: torch.dtype | None = None) -> None:
+    """Feed ``h`` each tensor's name, dtype, shape and bytes, in name order; floating point ones cast to
+    ``float_dtype`` first when given (so one checkpoint loaded at different precisions hashes alike)."""
+    for name, tensor in sorted(tensors.items()):
+        t = tensor.detach().to("cpu")
+        if float_dtype is not None and t.is_floating_point():
+            t = t.to(float_dtype)
+        t = t.contiguous()
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
 def weights_digest(model: torch.nn.Module) -> str:
     """sha256 over the state dict: each entry's name, shape and values (floating point as float32)."""
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().to("cpu")
-        t = (t.to(_DIGEST_DTYPE) if t.is_floating_point() else t).contiguous()
-        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    hash_tensors(h, model.state_dict(), _DIGEST_DTYPE)
     return h.hexdigest()
 
 

@@ -37,6 +37,7 @@ from safetensors.torch import load_file, save_file
 
 from arl2rt import __version__
 from arl2rt.errors import Arl2rtError
+from arl2rt.export.provenance import hash_tensors
 from arl2rt.files import file_record, record_digest, sha256_file
 from arl2rt.model.dit import CausalDiT
 from arl2rt.model.vae.decoder import WanVaeDecoder
@@ -56,18 +57,11 @@ def module_identity(model: CausalDiT, vae: WanVaeDecoder | None = None) -> str:
     """sha256 over the config and every parameter/buffer (name, dtype, shape, bytes) of a PyTorch model, and of its
     VAE decoder if it has one (a stream resumed with another decoder would decode differently)."""
     h = hashlib.sha256(json.dumps(model.cfg.to_dict(), sort_keys=True).encode())
-    _hash_tensors(h, model.state_dict())
+    hash_tensors(h, model.state_dict())
     if vae is not None:
         h.update(json.dumps({"vae": vae.config.to_dict()}, sort_keys=True).encode())
-        _hash_tensors(h, vae.state_dict())
+        hash_tensors(h, vae.state_dict())
     return h.hexdigest()
-
-
-def _hash_tensors(h, tensors: dict[str, torch.Tensor]) -> None:
-    for name, t in sorted(tensors.items()):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
 def _fsync_dir(path: Path) -> None:
