@@ -1,4 +1,4 @@
-"""The three targets from one export: onnxruntime runs two of them like the torch step modules; the tensorrt graph
+"""The targets from one export: onnxruntime runs three of them like the torch step modules; the tensorrt graph
 passes the checker, carries exact plugin nodes and computes the same with a reference for the plugin."""
 
 from __future__ import annotations
@@ -18,7 +18,14 @@ from arl2rt.plugins.gdn.plugin_spec import GDN_PLUGIN
 from micro_packages import MICRO
 
 PAST_LENS = (0, 2 * MICRO.tokens_per_block)  # the first block has no past; later ones do
-REWRITE = {"onnxruntime": "GdnToLinearAttentionPass", "portable": "GdnDecomposePass", "tensorrt": "GdnToPluginPass"}
+REWRITE = {
+    "onnxruntime": "GdnToLinearAttentionPass",
+    "onnxruntime-contrib": "GdnToLinearAttentionPass",
+    "portable": "GdnDecomposePass",
+    "tensorrt": "GdnToPluginPass",
+}
+# custom-domain ops a target's graphs may carry (our plugins aside)
+RUNTIME_OPS = {"onnxruntime-contrib": {"com.microsoft::LinearAttention"}}
 
 
 def _feeds(spec: StateSpec, graph: str, past_len: int, seed: int) -> dict[str, torch.Tensor]:
@@ -38,14 +45,15 @@ def _torch_outputs(micro_model, spec, graph, feeds) -> list[np.ndarray]:
     return [t.numpy().astype(np.float64) for t in (out if isinstance(out, tuple) else (out,))]
 
 
-@pytest.mark.parametrize("target", ["onnxruntime", "portable"])
+@pytest.mark.parametrize("target", ["onnxruntime", "onnxruntime-contrib", "portable"])
 def test_onnxruntime_runs_the_target_like_the_torch_step(micro_model, micro_graphs, target):
     spec = StateSpec(MICRO)
     for graph in GRAPHS:
         model = micro_graphs[graph]
         counts = apply_target(model, spec, graph, target)
         assert counts[REWRITE[target]] == (len(MICRO.hybrid_layers) if graph == "commit_step" else 0)
-        assert all("::" not in op for op in op_types(model))
+        custom = {op for op in op_types(model) if "::" in op}
+        assert custom == (RUNTIME_OPS.get(target, set()) if graph == "commit_step" else set())
         proto = to_proto(model)
         onnx.checker.check_model(proto, full_check=True)
         for past_len in PAST_LENS:
@@ -78,8 +86,24 @@ def test_tensorrt_graph_has_exact_plugin_nodes_and_computes_the_same(micro_model
         assert rel_err(g, w) < 1e-5
 
 
+def test_contrib_form_needs_no_opset_27_and_is_refused_by_the_standard_target(micro_graphs):
+    """com.microsoft::LinearAttention keeps the export's opset 18; the onnxruntime target's check refuses it."""
+    spec = StateSpec(MICRO)
+    model = micro_graphs["commit_step"]
+    apply_target(model, spec, "commit_step", "onnxruntime-contrib")
+    proto = to_proto(model)
+    assert {o.domain: o.version for o in proto.opset_import} == {"": 18, "com.microsoft": 1}
+    nodes = [n for n in proto.graph.node if n.domain]
+    assert len(nodes) == len(MICRO.hybrid_layers)
+    assert {(a.name, a.s.decode() if a.s else a.i) for a in nodes[0].attribute} >= {("update_rule", "gated_delta")}
+    check = get_target("onnxruntime").check(27, None)
+    with pytest.raises(Arl2rtError, match=r"custom op com\.microsoft::LinearAttention is not allowed"):
+        check(model)
+
+
 def test_opsets_outside_a_targets_range_are_refused():
     assert get_target("onnxruntime").resolve_opset(None) == 27
+    assert get_target("onnxruntime-contrib").resolve_opset(None) == 18
     with pytest.raises(Arl2rtError, match=r"target onnxruntime: opset 18 not supported; expected 27..28"):
         get_target("onnxruntime").resolve_opset(18)
     with pytest.raises(Arl2rtError, match=r"target tensorrt: opset 23 not supported; expected 18..21"):
@@ -89,7 +113,7 @@ def test_opsets_outside_a_targets_range_are_refused():
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("target", ["onnxruntime", "portable", "tensorrt"])
+@pytest.mark.parametrize("target", ["onnxruntime", "onnxruntime-contrib", "portable", "tensorrt"])
 def test_16_bit_activations_give_valid_graphs_with_float32_states(micro_exports, micro_model, dtype, target):
     """commit_step exported with float16 and with bfloat16 activations (GDN states stay float32)."""
     spec = StateSpec(MICRO, dtype)

@@ -14,7 +14,8 @@ def test_every_target_a_backend_names_is_an_export_target_and_runs_somewhere():
     named = {t for b in BACKENDS.values() for t in b.targets}
     assert named == set(TARGETS) and DEFAULT_TARGET in TARGETS
     assert BACKENDS["tensorrt"].targets == ("tensorrt", "portable")  # what some TensorRT flavour builds
-    assert BACKENDS["onnxruntime"].targets == ("onnxruntime", "portable") and BACKENDS["torch"].targets == ()
+    assert BACKENDS["onnxruntime"].targets == ("onnxruntime", "onnxruntime-contrib", "portable")
+    assert BACKENDS["torch"].targets == ()
 
 
 def test_flavours_come_from_the_tensorrt_module():
@@ -32,7 +33,7 @@ def test_defaults():
 @pytest.mark.parametrize(
     "backend, target, message",
     [
-        ("onnxruntime", "tensorrt", r"onnxruntime runs the targets \['onnxruntime', 'portable'\]; the tensorrt target"),
+        ("onnxruntime", "tensorrt", r"onnxruntime runs the targets \['onnxruntime', 'onnxruntime-contrib', 'portable'\]; the tensorrt"),
         ("tensorrt", "onnxruntime", r"tensorrt runs the targets \['tensorrt', 'portable'\]; TensorRT does not parse"),
         ("torch", "portable", "torch runs no exported package"),
     ],

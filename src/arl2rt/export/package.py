@@ -248,8 +248,9 @@ class ModelPackage:
 
     def _check_plugin_nodes(self, path: Path, proto: onnx.ModelProto) -> None:
         plugins = {(p.namespace, p.name): p for p in TRT_PLUGIN_MODES.get(self.plugin_mode or "", ())}
+        runtime_ops = get_target(self.target).runtime_ops
         for node in proto.graph.node:
-            if node.domain in ("", "ai.onnx"):
+            if node.domain in ("", "ai.onnx") or (node.domain, node.op_type) in runtime_ops:
                 continue
             plugin = plugins.get((node.domain, node.op_type))
             if plugin is None:

@@ -3,6 +3,7 @@
 | target        | the GDN write becomes                                          | opset: default, allowed |
 |---------------|----------------------------------------------------------------|-------------------------|
 | `onnxruntime` | standard ``LinearAttention`` (``update_rule="gated_delta"``)   | 27, 27..28              |
+| `onnxruntime-contrib` | onnxruntime's ``com.microsoft::LinearAttention`` (same op)  | 18, 18..28        |
 | `tensorrt`    | our plugins' nodes: AOT stages (default) or the JIT node       | 18, 18..21              |
 | `portable`    | standard ops only (chunked, no loop)                           | 18, 18..21              |
 
@@ -27,7 +28,11 @@ from arl2rt.export.onnx_export import EXPORT_OPSET
 from arl2rt.export.passes.check_ops import CheckOpsPass
 from arl2rt.export.passes.gdn_decompose import GdnDecomposePass
 from arl2rt.export.passes.gdn_to_aot_stages import GdnToAotStagesPass
-from arl2rt.export.passes.gdn_to_linear_attention import LINEAR_ATTENTION_OPSET, GdnToLinearAttentionPass
+from arl2rt.export.passes.gdn_to_linear_attention import (
+    CONTRIB_DOMAIN,
+    LINEAR_ATTENTION_OPSET,
+    GdnToLinearAttentionPass,
+)
 from arl2rt.export.passes.gdn_to_plugin import GdnToPluginPass
 from arl2rt.export.passes.legalize_types import LegalizeTypesPass
 from arl2rt.export.passes.raise_opset import RaiseOpsetPass
@@ -38,6 +43,8 @@ from arl2rt.plugins.gdn.plugin_spec import AOT_STAGE_PLUGINS, GDN_PLUGIN, Plugin
 # Opset-23+ ops TensorRT cannot build as we need them (docs/targets.md §1).
 TENSORRT_FORBIDDEN = ("Attention", "RMSNormalization")
 MAX_ONNX_OPSET = 28  # the newest default-domain opset onnx 1.23 knows
+# onnxruntime's own ops (domain, op type) the onnxruntime-contrib target's graphs carry
+ORT_CONTRIB_OPS = ((CONTRIB_DOMAIN, "LinearAttention"),)
 # tensorrt plugin mode -> the plugins its graphs use
 TRT_PLUGIN_MODES: dict[str, tuple[PluginSpec, ...]] = {"aot": AOT_STAGE_PLUGINS, "jit": (GDN_PLUGIN,)}
 
@@ -52,6 +59,7 @@ class Target:
     rewrite: Callable[[str | None], list[ir.passes.PassBase]]  # plugin mode -> passes
     check: Callable[[int, str | None], CheckOpsPass]  # (opset, plugin mode) -> check
     plugin_modes: tuple[str, ...] = ()  # the first is the default
+    runtime_ops: tuple[tuple[str, str], ...] = ()  # custom-domain ops its runtime implements (not our plugins)
 
     def resolve_plugin_mode(self, mode: str | None) -> str | None:
         if mode is None:
@@ -97,6 +105,16 @@ TARGETS: dict[str, Target] = {
         LINEAR_ATTENTION_OPSET,
         lambda mode: [GdnToLinearAttentionPass()],
         lambda opset, mode: CheckOpsPass("onnxruntime", max_opset=opset),
+    ),
+    "onnxruntime-contrib": Target(
+        "onnxruntime-contrib",
+        "GDN write as onnxruntime's contrib LinearAttention (com.microsoft); onnxruntime's CPU and CUDA EPs",
+        EXPORT_OPSET,
+        MAX_ONNX_OPSET,
+        EXPORT_OPSET,
+        lambda mode: [GdnToLinearAttentionPass(domain=CONTRIB_DOMAIN)],
+        lambda opset, mode: CheckOpsPass("onnxruntime-contrib", max_opset=opset, runtime_ops=ORT_CONTRIB_OPS),
+        runtime_ops=ORT_CONTRIB_OPS,
     ),
     "tensorrt": Target(
         "tensorrt",

@@ -54,7 +54,7 @@ BACKENDS: dict[str, BackendEntry] = {
         "OnnxRuntimeBackend",
         "package",
         "cpu",
-        targets=("onnxruntime", "portable"),
+        targets=("onnxruntime", "onnxruntime-contrib", "portable"),
         refuses="the tensorrt target's plugin node needs TensorRT",
     ),
     "tensorrt": BackendEntry(

@@ -13,6 +13,7 @@ then), binding torch CUDA pointers and ordering work on torch's current stream; 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ import torch
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import TensorSpec
 from arl2rt.runtime.backend import Backend
+from arl2rt.runtime.ort_placement import off_device, placement, record_assignment
 
 if TYPE_CHECKING:
     from arl2rt.export.package import ModelPackage
@@ -35,6 +37,8 @@ _ONNX_TYPES: dict[torch.dtype, tuple[int, str]] = {
     torch.int64: (7, "tensor(int64)"),
 }
 CUDA_EP, CPU_EP = "CUDAExecutionProvider", "CPUExecutionProvider"
+RELEASED_OPSET = 26  # the newest default-domain opset onnxruntime 1.31 loads without ALLOW_RELEASED_ONNX_OPSET_ONLY=0
+NO_CPU_FALLBACK = "session.disable_cpu_ep_fallback"  # a node without a CUDA kernel fails the load, named
 
 
 def _ort():
@@ -79,8 +83,8 @@ class OnnxRuntimeBackend(Backend):
     Args:
         package: a loaded model package (its StateSpec is this backend's contract).
         device: ``"cpu"``, ``"cuda"``/``"cuda:N"`` (needs onnxruntime-gpu) or ``"auto"``.
-        providers: execution providers in priority order; default: the CUDA EP (with the CPU EP as fallback for
-            unsupported nodes) on a CUDA device, else the CPU EP.
+        providers: execution providers in priority order; default: the CUDA EP alone (CPU fallback off, so every
+            node runs on the device or the load fails naming the node) on a CUDA device, else the CPU EP.
         session_options: an ``onnxruntime.SessionOptions``; default: all graph optimisations, warnings only, as many
             intra-op threads as torch uses (:mod:`arl2rt.runtime.threads`).
     """
@@ -105,17 +109,32 @@ class OnnxRuntimeBackend(Backend):
     def _default_providers(self) -> list[str | tuple[str, dict]]:
         if self.device.type == "cuda":
             index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-            return [(CUDA_EP, {"device_id": index}), CPU_EP]
+            # onnxruntime enqueues on torch's stream: no synchronisation between torch's work and a step
+            stream = torch.cuda.current_stream(torch.device("cuda", index)).cuda_stream
+            options = {"device_id": index, "has_user_compute_stream": "1", "user_compute_stream": str(stream)}
+            # the CUDA EP alone: onnxruntime would hand shape arithmetic (Slice, Concat, Gather) to a CPU EP listed
+            # beside it; without one (and with CPU fallback off) every node runs on the device
+            return [(CUDA_EP, options)]
         return [CPU_EP]
+
+    def _shares_torch_stream(self) -> bool:
+        return any(isinstance(p, tuple) and p[0] == CUDA_EP and "user_compute_stream" in p[1] for p in self.providers)
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def activate_impl(self) -> None:
         ort = _ort()
+        if self.package.opset > RELEASED_OPSET:
+            # onnxruntime 1.31 refuses an opset ONNX has not released yet (LinearAttention is opset 27) unless told
+            os.environ.setdefault("ALLOW_RELEASED_ONNX_OPSET_ONLY", "0")
         options = self.session_options
         if options is None:
             options = ort.SessionOptions()
             options.log_severity_level = 3
             options.intra_op_num_threads = torch.get_num_threads()  # the CPU EP follows torch's count (--threads)
+        if self.device.type == "cuda":
+            record_assignment(options)
+            if not any(p == CPU_EP or (isinstance(p, tuple) and p[0] == CPU_EP) for p in self.providers):
+                options.add_session_config_entry(NO_CPU_FALLBACK, "1")
         errors = (*_ort_errors(), OSError)
         sessions = {}
         for graph in self.spec.graphs:
@@ -136,6 +155,8 @@ class OnnxRuntimeBackend(Backend):
                     f"file or missing external data also fails here): {first}"
                 ) from None
             _check_session_io(sessions[graph], path, self.spec.inputs(graph), self.spec.outputs(graph))
+            if self.device.type == "cuda":
+                _check_on_device(sessions[graph], path, graph)
         self.sessions = sessions
 
     def deactivate_impl(self) -> None:
@@ -156,7 +177,7 @@ class OnnxRuntimeBackend(Backend):
         for spec in self.spec.outputs(graph):
             outputs[spec.name] = self.output_buffer(spec, spec.resolve(batch=batch), out.get(spec.name))
             _bind(binding.bind_output, spec.name, outputs[spec.name])
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and not self._shares_torch_stream():
             torch.cuda.current_stream(self.device).synchronize()  # inputs written by torch must be ready
         try:
             session.run_with_iobinding(binding)
@@ -174,6 +195,20 @@ def _bind(bind, name: str, tensor: torch.Tensor) -> torch.Tensor:
     device_id = (tensor.device.index or 0) if tensor.device.type == "cuda" else 0
     bind(name, tensor.device.type, device_id, _ONNX_TYPES[tensor.dtype][0], list(tensor.shape), tensor.data_ptr())
     return tensor
+
+
+def _check_on_device(session, path: Path, graph: str) -> None:
+    """Every node of a step on the CUDA EP, no host<->device copy inside it; else an error before the first block."""
+    found = placement(session)
+    if found is None:
+        return  # this onnxruntime cannot report the assignment: nothing to check against
+    problems = off_device(found, CUDA_EP)
+    if problems:
+        lines = "\n".join(f"  {line}" for line in problems)
+        raise Arl2rtError(
+            f"{path}: the {graph} graph does not run wholly on {CUDA_EP}; every step would copy between host and "
+            f"device:\n{lines}\nexpected every node on {CUDA_EP} (export the package for the CUDA EP, or run on cpu)"
+        )
 
 
 def _check_session_io(session, path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:

@@ -1,8 +1,9 @@
 """A check, not a rewrite: the graph uses only what its target's runtime can parse.
 
 Cases: a default-domain opset above the target's maximum; a forbidden op (TensorRT: the opset-23 ``Attention`` and
-``RMSNormalization``); a node in a domain the target does not run, or a custom node that is not exactly our plugin's
-node. Raises an Arl2rtError listing every problem; fires 0 times when the graph is fine.
+``RMSNormalization``); a node in a domain the target does not run, or a custom node that is neither exactly our
+plugin's node nor one of the runtime's own ops the target allows (onnxruntime's contrib ``LinearAttention``).
+Raises an Arl2rtError listing every problem; fires 0 times when the graph is fine.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ class CheckOpsPass(ir.passes.InPlacePass):
         max_opset: int | None = None,
         forbidden_ops: Collection[str] = (),
         plugins: Collection[PluginSpec] = (),
+        runtime_ops: Collection[tuple[str, str]] = (),
     ) -> None:
         super().__init__()
         self.target, self.max_opset = target, max_opset
         self.forbidden_ops = set(forbidden_ops)
+        self.runtime_ops = set(runtime_ops)  # (domain, op type) the target's runtime implements itself
         self.plugins = {(p.namespace, p.name): p for p in plugins}
 
     def call(self, model: ir.Model) -> CountedResult:
@@ -40,7 +43,7 @@ class CheckOpsPass(ir.passes.InPlacePass):
             domain = "" if node.domain == "ai.onnx" else node.domain
             if domain == "" and node.op_type in self.forbidden_ops:
                 problems.append(f"node {node.name}: op {node.op_type} is not allowed")
-            elif domain != "":
+            elif domain != "" and (domain, node.op_type) not in self.runtime_ops:
                 plugin = self.plugins.get((domain, node.op_type))
                 if plugin is None:
                     problems.append(f"node {node.name}: custom op {domain}::{node.op_type} is not allowed")
