@@ -34,7 +34,9 @@ def _grpc() -> Any:
     try:
         import tritonclient.grpc as grpcclient
     except ImportError as exc:
-        raise Arl2rtError(f"a Triton client needs tritonclient with gRPC ({exc}); pip install 'arl2rt[serve]'") from None
+        raise Arl2rtError(
+            f"a Triton client needs tritonclient with gRPC ({exc}); pip install 'arl2rt[serve]'"
+        ) from None
     return grpcclient
 
 

@@ -32,7 +32,7 @@ DEFAULT_NAME = "arl2rt"
 DEFAULT_MAX_STREAMS = 8
 VERSION = "1"
 
-_MODEL_PY = '''"""Triton Python-backend model written by `arl2rt serve triton`; its code is arl2rt.serve.python_model."""
+_MODEL_PY = '''"""A Triton Python-backend model written by `arl2rt serve triton`: see arl2rt.serve.python_model."""
 
 import site
 import sys
@@ -90,7 +90,9 @@ def python_model_config(name: str, settings: ServeSettings, spec: StateSpec, *, 
     if spec.vae is not None:  # the first block has fewer frames than the others: time is -1
         channels, _, height, width = spec.frames(first=False).shape[1:]
         config.output.append(mc.tensor("output", p.FRAMES, io, [channels, -1, height, width]))
-    config.output.extend([mc.tensor("output", p.STATE_BYTES, "int64", [1]), mc.tensor("output", p.STREAMS, "int64", [1])])
+    config.output.extend(
+        [mc.tensor("output", p.STATE_BYTES, "int64", [1]), mc.tensor("output", p.STREAMS, "int64", [1])]
+    )
     config.sequence_batching.CopyFrom(mc.sequence_batching(idle_timeout=settings.idle_timeout, max_streams=max_streams))
     config.instance_group.append(mc.instance_group(settings.device, instances))
     config.parameters[p.SETTINGS_PARAMETER].string_value = settings.to_json()

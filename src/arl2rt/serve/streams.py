@@ -24,7 +24,6 @@ from arl2rt.runtime.backend import Backend
 from arl2rt.runtime.streamer import Streamer
 
 
-
 @dataclass
 class Block:
     """One block of a stream: its latents, its video (a model with a VAE decoder; else None) and the memory now held."""
@@ -38,9 +37,7 @@ class Block:
 class StreamTable:
     """Streams by correlation ID. Not thread-safe by itself: callers hold :attr:`lock` around every call."""
 
-    def __init__(
-        self, backend: Backend, *, idle_timeout: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, backend: Backend, *, idle_timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
         if idle_timeout <= 0:
             raise Arl2rtError(f"idle timeout must be > 0 s, got {idle_timeout}")
         self.backend, self.idle_timeout, self.clock = backend, idle_timeout, clock
