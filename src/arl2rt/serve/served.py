@@ -103,7 +103,7 @@ def plan_settings(
     decodes = loaded.vae is not None or (package is not None and package.spec.vae is not None)
     settings = ServeSettings(
         source=loaded.source,
-        config=loaded.cfg.to_dict(),
+        config=json.loads(json.dumps(loaded.cfg.to_dict())),  # as the JSON in the repository reads back
         backend=name,
         dtype=precision,
         device=device,
