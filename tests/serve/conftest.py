@@ -8,9 +8,12 @@ import os
 import pytest
 
 from arl2rt.errors import Arl2rtError
-from arl2rt.serve.served import plan_settings
+from arl2rt.export.package import export_package
+from arl2rt.model.random import random_model
 from arl2rt.serve.repository import write_repository
+from arl2rt.serve.served import plan_settings
 from arl2rt.serve.server import TritonServer, check_stub_python, find_install
+from micro_configs import micro_config
 
 IDLE_MODEL = "tiny"  # its streams are freed after IDLE_TIMEOUT seconds
 IDLE_TIMEOUT = 2.0
@@ -47,3 +50,10 @@ def served(triton_install, micro_exports, tmp_path_factory):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def hybrid_package(tmp_path_factory):
+    """An all-hybrid micro model's package (onnxruntime target): the kind of model Triton's implicit state can hold."""
+    cfg = micro_config("micro-hybrid", num_layers=1, hybrid_layers=(0,), latent_width=6, text_len=5, frames_per_block=2)
+    return export_package(random_model(cfg, seed=0).eval(), tmp_path_factory.mktemp("hybrid") / "pkg")

@@ -98,6 +98,8 @@ def test_cli_writes_the_repository_and_generate_server_refuses_local_options(tmp
     res = runner.invoke(app, ["serve", "triton", "-o", str(tmp_path), "--config", "tiny", "--name", "t", "--json"])
     assert res.exit_code == 0, res.output
     assert list(json.loads(res.stdout)["models"]) == ["t"] and (tmp_path / "t" / "config.pbtxt").is_file()
-    res = runner.invoke(app, ["generate", "--server", "127.0.0.1:1", "--config", "tiny", "--threads", "2", "-o", "x.npz"])
+    res = runner.invoke(
+        app, ["generate", "--server", "127.0.0.1:1", "--config", "tiny", "--threads", "2", "-o", "x.npz"]
+    )
     assert res.exit_code == 1
     assert "error: --server 127.0.0.1:1: the server's model decides --config, --threads; drop them" in res.output

@@ -92,7 +92,8 @@ def _streams_held(client, sequence_id: int) -> int:
 def test_a_killed_client_frees_its_stream_after_the_idle_timeout(served, tmp_path):
     killed = 4242
     cmd = [sys.executable, "-c", "from arl2rt.cli.main import main; main()", "generate", "--server", served.url,
-           "--model-name", IDLE_MODEL, "--blocks", "100000", "--sequence-id", str(killed), "-o", str(tmp_path / "k.npz")]  # fmt: skip
+           "--model-name", IDLE_MODEL, "--blocks", "100000", "--sequence-id", str(killed),
+           "-o", str(tmp_path / "k.npz")]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
     try:

@@ -56,19 +56,19 @@ def tensor(kind: str, name: str, dtype: str, dims: list[int], *, optional: bool 
     return m.ModelOutput(name=name, data_type=data_type(dtype), dims=dims)
 
 
-def sequence_batching(*, idle_timeout: float, max_streams: int) -> Any:
-    """The sequence batcher every arl2rt model uses (see the module docstring)."""
+def sequence_batching(*, idle_timeout: float, max_streams: int, controls: bool = True) -> Any:
+    """The sequence batcher every arl2rt model uses (see the module docstring); ``controls=False`` for a model whose
+    graph takes no control inputs (Triton then starts and ends sequences by itself)."""
     m = pb2()
     batching = m.ModelSequenceBatching(max_sequence_idle_microseconds=int(round(idle_timeout * 1e6)))
     control = m.ModelSequenceBatching.Control
-    for name, kind in p.CONTROLS.items():
+    for name, kind in p.CONTROLS.items() if controls else ():
         if name == p.CORRID:
             entry = control(kind=control.Kind.Value(kind), data_type=data_type("uint64"))
         else:
             entry = control(kind=control.Kind.Value(kind), int32_false_true=[0, 1])
         batching.control_input.append(m.ModelSequenceBatching.ControlInput(name=name, control=[entry]))
     batching.oldest.max_candidate_sequences = max_streams
-    batching.oldest.preferred_batch_size.append(max_streams)
     batching.oldest.max_queue_delay_microseconds = 0
     return batching
 

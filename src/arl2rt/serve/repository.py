@@ -123,7 +123,7 @@ def write_repository(
     overwrite: bool = False,
 ) -> RepositoryResult:
     """Write the repository (see the module docstring) for ``loaded``, run as ``settings`` say."""
-    from arl2rt.serve.implicit_state import write_stateful_model
+    from arl2rt.serve.implicit_state import SUFFIX, write_stateful_model
 
     if max_streams < 1 or instances < 1:
         raise Arl2rtError(f"--max-streams and --instances must be >= 1, got {max_streams} and {instances}")
@@ -142,9 +142,11 @@ def write_repository(
     (model_dir / VERSION / "model.py").write_text(_MODEL_PY.replace("{src!r}", repr(src)), encoding="utf-8")
     notes: list[str] = []
     if loaded.package is not None:
-        written = write_stateful_model(out, loaded.package, name=name, max_streams=max_streams, overwrite=overwrite)
-        if isinstance(written, str):
-            notes.append(written)
+        stateful = name + SUFFIX
+        check_model_dir(out, stateful, overwrite)
+        reason = write_stateful_model(out, loaded.package, settings, name=stateful, max_streams=max_streams)
+        if reason is None:
+            models[stateful] = f"onnxruntime backend, implicit state: {loaded.description} (not served by this server)"
         else:
-            models[written[0]] = written[1]
+            notes.append(reason)
     return RepositoryResult(str(out), models, notes)
