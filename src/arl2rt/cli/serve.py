@@ -3,7 +3,8 @@ that nvidia-pytriton ships, started on it (``serve start``)."""
 
 from __future__ import annotations
 
-import time
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -89,17 +90,22 @@ def start(
         Path | None, typer.Option(help="Backend directory and tritonserver.log.  [default: REPOSITORY/../triton-work]")
     ] = None,
 ) -> None:
-    """Run the tritonserver that nvidia-pytriton ships on REPOSITORY (loopback gRPC) until Ctrl-C."""
+    """Run the tritonserver that nvidia-pytriton ships on REPOSITORY (loopback gRPC) until Ctrl-C or SIGTERM."""
     install = srv.find_install(tritonserver)
     work = workdir or Path(repository).resolve().parent / "triton-work"
     server = srv.TritonServer(repository, work, install=install, grpc_port=grpc_port)
     step(f"starting {install.binary} on {repository} (log {server.log_path})")
+    stopped = threading.Event()
+    # SIGTERM (a service manager, kill) stops the server too: Python's default would leave it running, orphaned
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     with server:
         result(f"serving {repository} on {server.url} (gRPC); Ctrl-C stops it")
         try:
-            while server.process.poll() is None:
-                time.sleep(0.5)
+            while server.process.poll() is None and not stopped.wait(0.5):
+                pass
         except KeyboardInterrupt:
+            stopped.set()
+        if stopped.is_set():
             step("stopping tritonserver")
             return
     message("error", f"tritonserver exited with status {server.process.returncode}; its log ends:\n{server.log_tail()}")
