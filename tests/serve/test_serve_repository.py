@@ -35,7 +35,7 @@ def test_the_python_model_config_parses_with_triton_schema_and_follows_the_model
     assert inputs == {
         p.BLOCK: ([1], False, m.TYPE_INT64),
         p.SEED: ([1], True, m.TYPE_INT64),
-        p.PROMPT: ([-1], True, m.TYPE_UINT8),
+        p.PROMPT: ([1], True, m.TYPE_STRING),
         p.CONTEXT: ([cfg.text_len, cfg.text_dim], True, m.TYPE_FP32),
     }
     outputs = {o.name: list(o.dims) for o in config.output}

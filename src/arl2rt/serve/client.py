@@ -116,7 +116,8 @@ def block_inputs(
     g = _grpc()
 
     def tensor(name: str, array: np.ndarray) -> Any:
-        t = g.InferInput(name, list(array.shape), {np.int64: "INT64", np.uint8: "UINT8"}.get(array.dtype.type, "FP32"))
+        kind = {np.int64: "INT64", np.object_: "BYTES"}.get(array.dtype.type, "FP32")
+        t = g.InferInput(name, list(array.shape), kind)
         t.set_data_from_numpy(array)
         return t
 
@@ -124,7 +125,7 @@ def block_inputs(
     if seed is not None:
         inputs.append(tensor(p.SEED, np.array([[seed]], dtype=np.int64)))
     if prompt is not None:
-        inputs.append(tensor(p.PROMPT, np.frombuffer(prompt.encode("utf-8"), dtype=np.uint8)[None].copy()))
+        inputs.append(tensor(p.PROMPT, np.array([[prompt.encode("utf-8")]], dtype=np.object_)))
     if context is not None:
         inputs.append(tensor(p.CONTEXT, context.float().numpy()))
     return inputs

@@ -25,7 +25,7 @@ DATA_TYPES = {
     "bfloat16": "TYPE_BF16",
     "int64": "TYPE_INT64",
     "int32": "TYPE_INT32",
-    "uint8": "TYPE_UINT8",
+    "bytes": "TYPE_STRING",
     "uint64": "TYPE_UINT64",
     "bool": "TYPE_BOOL",
 }

@@ -6,8 +6,7 @@ a silent gap. The request that starts a sequence may send the stream's text and 
 
 * ``SEED`` (int64): the noise seed (and, for random weights, the random text's), as ``arl2rt generate --seed``; 0 if
   absent;
-* ``PROMPT`` (uint8): the prompt's UTF-8 bytes. Not a BYTES tensor: the Python backend of the server nvidia-pytriton
-  ships crashes its stub on BYTES inputs under numpy 2;
+* ``PROMPT`` (BYTES ``[1]``): the prompt, UTF-8;
 * ``CONTEXT`` (float32 ``[text_len, text_dim]``): precomputed text embeddings, as ``--context``.
 
 With neither, the model's default text, exactly as ``arl2rt generate`` picks it. The response holds ``LATENTS`` (the

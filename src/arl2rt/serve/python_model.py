@@ -48,7 +48,7 @@ def parse_request(request: Any) -> Request:
         start=bool(_scalar(request, p.START)),
         end=bool(_scalar(request, p.END)),
         seed=_scalar(request, p.SEED),
-        prompt=None if prompt is None else prompt.reshape(-1).astype(np.uint8).tobytes().decode("utf-8"),
+        prompt=None if prompt is None else bytes(prompt.reshape(-1)[0]).decode("utf-8"),
         context=None if context is None else torch.from_numpy(np.ascontiguousarray(context)),
     )
 

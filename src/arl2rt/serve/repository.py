@@ -82,7 +82,7 @@ def python_model_config(name: str, settings: ServeSettings, spec: StateSpec, *, 
         [
             mc.tensor("input", p.BLOCK, "int64", [1]),
             mc.tensor("input", p.SEED, "int64", [1], optional=True),
-            mc.tensor("input", p.PROMPT, "uint8", [-1], optional=True),
+            mc.tensor("input", p.PROMPT, "bytes", [1], optional=True),
             mc.tensor("input", p.CONTEXT, io, list(context), optional=True),
         ]
     )
