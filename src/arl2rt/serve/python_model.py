@@ -59,6 +59,11 @@ class TritonPythonModel:
         settings = ServeSettings.from_json(config["parameters"][p.SETTINGS_PARAMETER]["string_value"])
         if settings.device.startswith("cuda") and args.get("model_instance_kind") == "GPU":
             settings.device = f"cuda:{args['model_instance_device_id']}"
+        if int(np.__version__.split(".")[0]) >= 2:  # arl2rt serve start refuses this; a hand-started server may not
+            _pb().Logger.log_warn(
+                f"arl2rt: numpy {np.__version__} in the Python backend stub: a stub built for numpy 1 (nvidia-pytriton "
+                "0.7.0's) passes wrong tensors under numpy 2 (docs/serving.md §5)"
+            )
         torch.set_num_threads(settings.threads)  # the stub process runs this instance alone
         self.outputs = {o["name"] for o in config["output"]}
         self.model = ServedModel(settings)
