@@ -109,8 +109,8 @@ def write_stateful_model(out: Path, package, settings: ServeSettings, *, name: s
     version.mkdir(parents=True)
     model = build_step_graph(package)
     onnx.save(model, version / MODEL_FILE)
-    # a copy: onnx's checker refuses external data with several hard links
-    shutil.copyfile(package.weights_path, version / package.weights_path.name)
+    if package.weights_path.is_file():  # a copy: onnx's checker refuses external data with several hard links
+        shutil.copyfile(package.weights_path, version / package.weights_path.name)
     try:
         onnx.checker.check_model(str(version / MODEL_FILE), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
