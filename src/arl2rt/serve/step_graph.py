@@ -27,7 +27,7 @@ from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import BATCH, CONTEXT, CONTEXT_KEY, CONTEXT_VALUE, FRAME_OFFSET, VELOCITY
 
 COMMIT = "commit"  # bool [B]: true runs commit_step, false denoise_step
-_OFFSET = "serve/frame_offset"  # the scalar frame offset the step graphs read
+_OFFSET = "serve/offset"  # the scalar frame offset the step graphs read
 _COND = "serve/commit"
 _SCALAR = "serve/scalar_shape"
 _ONNX_DTYPES = {"float64": TensorProto.DOUBLE, "float32": TensorProto.FLOAT}
@@ -152,7 +152,7 @@ def build_step_graph(package) -> onnx.ModelProto:
     }
     nodes = [
         *enc.nodes,
-        helper.make_node("Reshape", [offset, _SCALAR], [_OFFSET], name="serve/frame_offset"),
+        helper.make_node("Reshape", [offset, _SCALAR], [_OFFSET], name=_OFFSET),
         helper.make_node("Reshape", [COMMIT, _SCALAR], [_COND], name="serve/commit"),
         helper.make_node("If", [_COND], [velocity, *presents], name="serve/step", **branches),
     ]
