@@ -1,7 +1,8 @@
 """Import layering of arl2rt (docs/architecture.md §2): arrows between packages run only downward, and no circles.
 
 Layers, lowest first: 0 ``errors``, ``files`` and the package root ``arl2rt/__init__.py`` (it only re-exports the
-error type and the version); 1 ``plugins``; 2 ``model``; 3 ``export``; 4 ``runtime``; 5 ``parity``; 6 ``cli``. A
+error type and the version); 1 ``plugins``; 2 ``model``; 3 ``export``; 4 ``runtime``; 5 ``parity``; 6 ``serve``
+(Triton serving: built on the runtime, used only by the CLI); 7 ``cli``. A
 module may import modules of its own layer or of a lower one. A module under ``arl2rt`` outside these packages has no
 layer and is reported, so that a new top-level module is placed on purpose.
 
@@ -29,8 +30,12 @@ from pathlib import Path
 
 PACKAGE = "arl2rt"
 SRC = Path(__file__).resolve().parents[1] / "src"
-LAYERS = {"errors": 0, "files": 0, "plugins": 1, "model": 2, "export": 3, "runtime": 4, "parity": 5, "cli": 6}
-LAYER_NAMES = {0: "errors/files", 1: "plugins", 2: "model", 3: "export", 4: "runtime", 5: "parity", 6: "cli"}
+LAYERS = {
+    "errors": 0, "files": 0, "plugins": 1, "model": 2, "export": 3, "runtime": 4, "parity": 5, "serve": 6, "cli": 7,
+}  # fmt: skip
+LAYER_NAMES = {
+    0: "errors/files", 1: "plugins", 2: "model", 3: "export", 4: "runtime", 5: "parity", 6: "serve", 7: "cli",
+}  # fmt: skip
 _MODULE_NAME = re.compile(rf"{PACKAGE}(\.\w+)+")
 
 
@@ -295,7 +300,7 @@ def test_checker_reports_upward_imports_circles_and_unplaced_modules(tmp_path):
         "src/arl2rt/plugins/kernel.py:2: upward lazy import: arl2rt.plugins.kernel (plugins, layer 1) -> "
         "arl2rt.model.rope (model, layer 2)",
         "src/arl2rt/runtime/backends.py:2: upward string import: arl2rt.runtime.backends (runtime, layer 4) -> "
-        "arl2rt.cli (cli, layer 6)",
+        "arl2rt.cli (cli, layer 7)",
         "circle among arl2rt.runtime.rebase, arl2rt.runtime.streamer: "
         "src/arl2rt/runtime/rebase.py:3 arl2rt.runtime.rebase -> arl2rt.runtime.streamer (type-only); "
         "src/arl2rt/runtime/streamer.py:1 arl2rt.runtime.streamer -> arl2rt.runtime.rebase (module-level)",

@@ -1,4 +1,5 @@
-"""``arl2rt generate``: stream a video block by block, writing frames as they are made; save and resume sessions."""
+"""``arl2rt generate``: stream a video block by block, writing frames as they are made; save and resume sessions; or
+stream it from a Triton server (``--server``)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from typing import Annotated
 import typer
 
 from arl2rt.cli._common import message, print_json, progress, result, user_errors
+from arl2rt.errors import Arl2rtError
 from arl2rt.runtime import generate as lib
 from arl2rt.runtime.backends import BACKENDS, DEFAULT_BACKEND, DEVICES
 from arl2rt.runtime.threads import SMALL_MODEL_DIM
+from arl2rt.serve.client import RemoteOptions, RemoteProgress, stream_remote
 
 app = typer.Typer()
 
@@ -136,8 +139,34 @@ def generate(
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", "-y", help="Replace an existing output.")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT of a Triton server (gRPC) running a model of `arl2rt serve triton`: the stream is made "
+            "there, block by block, and written here as it arrives."
+        ),
+    ] = None,
+    model_name: Annotated[str, typer.Option(help="--server: the model's name in the repository.")] = "arl2rt",
+    sequence_id: Annotated[
+        int | None, typer.Option(help="--server: the stream's sequence (correlation) ID.  [default: a random one]")
+    ] = None,
 ) -> None:
     """Generate a video stream block by block; every block's frames reach the output as soon as it is made."""
+    if server is not None:
+        local = {
+            "--model": model, "--config": config, "--checkpoint": checkpoint, "--vae": vae,
+            "--text-encoder": text_encoder, "--backend": backend, "--flavour": flavour, "--dtype": dtype,
+            "--device": device, "--threads": threads, "--save-session": save_session, "--resume": resume,
+        }  # fmt: skip
+        _remote(
+            RemoteOptions(
+                server=server, output=output, model_name=model_name, prompt=prompt, context=context, frames=frames,
+                blocks=blocks, seed=seed, fps=fps, overwrite=overwrite, sequence_id=sequence_id,
+            ),
+            [flag for flag, value in local.items() if value is not None],
+            json_,
+        )  # fmt: skip
+        return
     opts = lib.GenerateOptions(
         output=output, model=model, config=config, checkpoint=checkpoint, backend=backend, flavour=flavour,
         prompt=prompt, context=context, frames=frames, blocks=blocks, seed=seed, dtype=dtype, device=device,
@@ -157,5 +186,32 @@ def generate(
         print_json(run.to_dict())
     else:
         result(_summary(run))
+    if run.interrupted:
+        raise typer.Exit(INTERRUPTED_EXIT)
+
+
+def _remote(opts: RemoteOptions, local: list[str], json_: bool) -> None:
+    """``generate --server``: the stream comes from the server, whose model config holds what runs it."""
+    if local:
+        raise Arl2rtError(f"--server {opts.server}: the server's model decides {', '.join(local)}; drop them")
+    if opts.output is None:
+        raise Arl2rtError("expected an output: -o out.mp4 | out.gif | out.npz | DIR/ (PNG frames)")
+    with progress("blocks") as update:
+
+        def show(p: RemoteProgress) -> None:
+            update(p.block, p.total_blocks, f"{p.block / p.seconds:.2f} blocks/s  state {human_bytes(p.state_bytes)}")
+
+        run = stream_remote(opts, progress=show)
+    for note in run.notes:
+        message("note", note)
+    if json_:
+        print_json(run.to_dict())
+    else:
+        head = "stopped (Ctrl-C)" if run.interrupted else "wrote"
+        result(
+            f"{head} {run.output} [{run.format}]: {run.frames} frames in {run.blocks} blocks from {run.server} "
+            f"(model {run.model_name}, stream {run.sequence_id}); {run.seconds:.2f} s: {run.blocks_per_s:.2f} "
+            f"blocks/s; server state {human_bytes(run.state_bytes)}"
+        )
     if run.interrupted:
         raise typer.Exit(INTERRUPTED_EXIT)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from arl2rt import __version__
-from arl2rt.cli import build, convert, doctor, export, generate, inspect, parity
+from arl2rt.cli import build, convert, doctor, export, generate, inspect, parity, serve
 
 app = typer.Typer(
     name="arl2rt",
@@ -41,6 +41,7 @@ app.add_typer(build.app)
 app.add_typer(convert.app)
 app.add_typer(export.app)
 app.add_typer(inspect.app)
+app.add_typer(serve.app)
 
 
 def main() -> None:

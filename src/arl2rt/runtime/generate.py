@@ -120,7 +120,9 @@ class GenerateResult:
 
 
 # -- the run -------------------------------------------------------------------------------------------------------
-def _target_blocks(opts: GenerateOptions, cfg: ModelConfig, recorded: int | None, notes: list[str]) -> int:
+def target_blocks(opts: GenerateOptions, cfg: ModelConfig, recorded: int | None, notes: list[str]) -> int:
+    """The stream's length in blocks from ``--blocks`` or ``--frames`` (rounded up: a note says so), else the
+    ``recorded`` length of a resumed session, else the default; also used by the serving client."""
     if opts.frames is not None and opts.blocks is not None:
         raise Arl2rtError("--frames and --blocks exclude each other")
     fpb = cfg.frames_per_block
@@ -243,7 +245,7 @@ def plan_generate(opts: GenerateOptions) -> Plan:
     if snapshot and append is None:
         notes.append(f"frames from {snapshot.position.frame} on go to the new output {output} (not appended)")
 
-    target = _target_blocks(opts, cfg, recorded("target_blocks"), notes)
+    target = target_blocks(opts, cfg, recorded("target_blocks"), notes)
     if snapshot and target <= snapshot.position.block:
         raise Arl2rtError(
             f"--resume {opts.resume}: the stream is already {snapshot.position.block} blocks long, target {target}; "
