@@ -21,6 +21,7 @@ Run on the GPU machine with onnxruntime-gpu on the path: ``PYTHONPATH=src python
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -32,6 +33,7 @@ import traceback
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import torch
 from safetensors.torch import save_file
@@ -115,6 +117,19 @@ def block_times(opts: GenerateOptions, graphs: bool | None) -> dict:
     }
 
 
+@contextlib.contextmanager
+def cpu_fallback():
+    """The onnxruntime backend with the CPU EP beside the CUDA EP and without its all-on-device check."""
+    from arl2rt.runtime import onnxruntime_backend as ob
+
+    providers = ob.OnnxRuntimeBackend._default_providers
+    with (
+        mock.patch.object(ob, "_check_on_device", lambda *a: None),
+        mock.patch.object(ob.OnnxRuntimeBackend, "_default_providers", lambda self: [*providers(self), CPU_EP]),
+    ):
+        yield
+
+
 def ort_profile(package: ModelPackage, context: torch.Tensor, blocks: int, tmp: Path) -> dict:
     """Node types by total time over ``blocks`` blocks, from onnxruntime's own profiler."""
     import onnxruntime as ort
@@ -190,9 +205,19 @@ def speed(args, root: Path) -> list[dict]:
                 row[label] = block_times(opts, graphs)
             except Arl2rtError as exc:
                 row[label] = {"error": str(exc)}
+        if "error" in row["onnxruntime_eager"]:
+            # what the CUDA EP costs with the nodes it will not take left on a CPU EP (the product refuses that)
+            log(f"{mix}: onnxruntime_eager with CPU fallback")
+            with cpu_fallback():
+                try:
+                    row["onnxruntime_eager_cpu_fallback"] = block_times(ort_opts, None)
+                except Arl2rtError as exc:
+                    row["onnxruntime_eager_cpu_fallback"] = {"error": str(exc)}
         log(f"{mix}: onnxruntime profile")
+        fallback = cpu_fallback() if "error" in row["onnxruntime_eager"] else contextlib.nullcontext()
         try:
-            row["ort_profile"] = ort_profile(package, context, 3, root)
+            with fallback:
+                row["ort_profile"] = ort_profile(package, context, 3, root)
         except Arl2rtError as exc:
             row["ort_profile"] = {"error": str(exc)}
         rows.append(row)
