@@ -12,6 +12,8 @@ from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import DECODE_GRAPHS, PAST_VAE, StateSpec
 from arl2rt.model.random import random_context
 from arl2rt.model.vae.stream import decode_in_blocks
+from arl2rt.parity.compare import Tolerances
+from arl2rt.parity.polygraphy_io import save_polygraphy
 from arl2rt.parity.runner import run_parity
 from arl2rt.runtime import session as sessions
 from arl2rt.runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -120,6 +122,26 @@ def test_parity_covers_the_decode_steps(torch_backend, micro_vae_exports):
                                                          (mode, "decode_step", 2)]  # fmt: skip
     step = next(s for s in result.steps if s.graph == "decode_step")
     assert {"frames", "present_vae.31"} <= set(step.tensors)
+
+
+def test_polygraphy_captures_cover_the_decode_steps(torch_backend, micro_vae_exports, tmp_path):
+    """decode_first (block 0) and the capture block's decode_step get feeds and golden outputs like the DiT's steps."""
+    context = random_context(micro_vae_exports.model.cfg, seed=3)
+    package = micro_vae_exports.package()
+    with OnnxRuntimeBackend(package) as candidate:
+        _, captures = run_parity(torch_backend, candidate, context, blocks=2, modes=("drift",), capture_block=1)
+        got = {c.graph: (c.block, candidate.run(c.graph, dict(c.feeds))) for c in captures}
+    assert {g: b for g, (b, _) in got.items()} == {
+        "encode_context": 0, "decode_first": 0, "denoise_step": 1, "commit_step": 1, "decode_step": 1,
+    }  # fmt: skip
+    for cap in captures:
+        if cap.graph in DECODE_GRAPHS:
+            assert set(cap.outputs) == {s.name for s in package.spec.outputs(cap.graph)}
+            for name, golden in cap.outputs.items():
+                torch.testing.assert_close(got[cap.graph][1][name], golden, rtol=1e-4, atol=1e-4)
+    commands = save_polygraphy(tmp_path / "poly", captures, package.spec, Tolerances.for_dtype("float32"), package.root)
+    assert (tmp_path / "poly" / "decode_step.inputs.json").is_file()
+    assert commands["decode_first"]["onnxrt"][2] == str(package.root / "decode_first.onnx")
 
 
 def test_the_torch_backend_needs_the_decoder_of_its_contract(micro_vae_exports):

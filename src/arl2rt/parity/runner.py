@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from arl2rt.errors import Arl2rtError
-from arl2rt.export.state_spec import LATENTS, TensorSpec
+from arl2rt.export.state_spec import DECODE_FIRST, DECODE_STEP, LATENTS, TensorSpec
 from arl2rt.model.scheduler import FlowMatchScheduler
 from arl2rt.parity.compare import Tolerances, compare_func
 from arl2rt.parity.result import MODES, ParityResult, StepResult
@@ -117,8 +117,11 @@ def run_parity(
         ref_out = _snapshot(outputs)
         if "drift" in modes:
             pending[(graph, block, pass_index)] = {**_snapshot(step_latents(feeds)), **ref_out}
-        capture = block == capture_block and (
-            graph == "commit_step" or graph == "denoise_step" and pass_index == last_denoise
+        # the capture block's last denoise pass, commit and decode; decode_first exists only in the first block
+        capture = capture_block is not None and (
+            block == capture_block
+            and (graph in ("commit_step", DECODE_STEP) or graph == "denoise_step" and pass_index == last_denoise)
+            or graph == DECODE_FIRST
         )
         if "step" not in modes and not capture:
             return
