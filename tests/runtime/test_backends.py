@@ -33,7 +33,14 @@ def test_defaults():
 @pytest.mark.parametrize(
     "backend, target, message",
     [
-        ("onnxruntime", "tensorrt", r"onnxruntime runs the targets \['onnxruntime', 'onnxruntime-contrib', 'portable'\]; the tensorrt"),
+        (
+            "onnxruntime",
+            "tensorrt",
+            (
+                r"onnxruntime runs the targets \['onnxruntime', 'onnxruntime-contrib', 'portable'\]"
+                r"; the tensorrt"
+            ),
+        ),
         ("tensorrt", "onnxruntime", r"tensorrt runs the targets \['tensorrt', 'portable'\]; TensorRT does not parse"),
         ("torch", "portable", "torch runs no exported package"),
     ],

@@ -14,6 +14,7 @@ import torch
 from ort_toy_graphs import ToyTorchBackend, write_toy_package
 
 from arl2rt.errors import Arl2rtError
+from arl2rt.export.state_spec import PRESENT_KV
 from arl2rt.model.random import random_context
 from arl2rt.parity.compare import Tolerances
 from arl2rt.parity.runner import run_parity
@@ -138,3 +139,29 @@ def test_cuda_without_the_cuda_ep_is_a_clear_error():
     with pytest.raises(Arl2rtError, match="install onnxruntime-gpu"):
         resolve_device("cuda")
     assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_commit_writes_block_kv_into_the_cache_in_place(micro_exports, micro_context):
+    """The onnxruntime backend binds present K/V to the cache's slot: the commit's outputs are the cache's memory."""
+    package = micro_exports.package("onnxruntime")
+    kv = [s.name for s in package.spec.commit_outputs() if s.kind in PRESENT_KV]
+    seen = []
+
+    def keep(graph, block, pass_index, feeds, outputs):
+        if graph == "commit_step":
+            seen.append({n: outputs[n].data_ptr() for n in kv if n in outputs})
+
+    with OnnxRuntimeBackend(package) as be:
+        streamer = Streamer(be, seed=0, hook=keep, max_frames=8)
+        streamer.start(micro_context)
+        for _ in range(3):
+            streamer.next_block()
+        caches = streamer.store.caches
+    assert seen and all(seen)
+    tpf, fpb = package.config.tokens_per_frame, package.config.frames_per_block
+    for block, pointers in enumerate(seen):
+        for i, cache in caches.items():
+            key_name, value_name = package.spec.names(PRESENT_KV, i)
+            offset = block * fpb * tpf * cache.heads * cache.dim * cache.key.element_size()
+            assert pointers[key_name] == cache.key.data_ptr() + offset
+            assert pointers[value_name] == cache.value.data_ptr() + offset

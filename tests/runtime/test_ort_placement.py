@@ -59,7 +59,7 @@ def test_copy_nodes_are_named_even_on_the_device():
 
 
 def test_a_step_off_the_device_is_refused_before_the_first_block(micro_exports, monkeypatch, tmp_path):
-    """The CUDA check reads the session's assignment: a node left on the CPU EP is an error naming file, graph and op."""
+    """The CUDA check reads the session's assignment: a node left on the CPU EP is an error naming file, graph, op."""
     fake = SimpleNamespace(
         get_provider_graph_assignment_info=lambda: [
             SimpleNamespace(ep_name=CUDA_EP, get_nodes=lambda: [SimpleNamespace(domain="", op_type="MatMul")]),

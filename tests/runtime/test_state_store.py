@@ -68,7 +68,7 @@ def test_a_renamed_spec_streams_the_same_video(model):
         streamer = Streamer(be, seed=4)
         assert torch.equal(streamer.generate(context, 3), expected)
     store = streamer.store
-    assert set(store.states) == {"p_st/0"} and set(store.spare_buffers()) == {"n_st/0"}
+    assert set(store.states) == {"p_st/0"} and set(store.spare_buffers()) == {"n_st/0", "n_k/1", "n_v/1"}
     assert set(store.feeds()) == {"c_k/0", "c_v/0", "c_k/1", "c_v/1", "p_st/0", "p_k/1", "p_v/1"}
     assert store.past_frames == 3
 
@@ -99,3 +99,43 @@ def test_a_renamed_spec_runs_a_static_block(model):
         x0 = streamer.next_block()
     assert torch.equal(out["x"], x0)
     assert torch.equal(out["n_st/0"], streamer.store.states["p_st/0"])
+
+
+def _cache(max_past, sink=0, batch=1, capacity=2):
+    from arl2rt.runtime.state_store import KVCache
+
+    return KVCache((batch, 2, 4), 3, max_past, sink, torch.float32, torch.device("cpu"), capacity)
+
+
+def _block(frames, seed, batch=1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, frames * 3, 2, 4, generator=gen), torch.randn(batch, frames * 3, 2, 4, generator=gen)
+
+
+@pytest.mark.parametrize("max_past, sink", [(None, 0), (4, 1)], ids=["global", "rolling-with-sink"])
+def test_a_block_written_into_its_slot_is_committed_without_a_copy(max_past, sink):
+    """Writing each block into ``slot`` and appending the views gives the same cache as appending copies, and while
+    the block lands in place the append copies nothing (the slot's memory is the cache's)."""
+    written, copied = _cache(max_past, sink), _cache(max_past, sink)
+    for b in range(6):
+        key, value = _block(1, seed=b)
+        views = written.slot(1)
+        if views is None:
+            assert max_past is not None and written.frames + 1 > max_past  # only a full window shifts
+            written.append(key, value)
+        else:
+            views[0].copy_(key), views[1].copy_(value)
+            before = views[0].data_ptr()
+            written.append(*views)
+            assert written.key.data_ptr() <= before < written.key.data_ptr() + written.key.nbytes
+        copied.append(key, value)
+        assert written.frames == copied.frames
+        for got, want in zip(written.view(), copied.view()):
+            assert torch.equal(got, want)
+    assert (written.slot(1) is None) == (max_past is not None)  # the rolling window is full by now
+
+
+def test_no_slot_for_a_batch_whose_view_is_not_contiguous():
+    cache = _cache(None, batch=2)
+    cache.append(*_block(1, seed=0, batch=2))
+    assert cache.slot(1) is None

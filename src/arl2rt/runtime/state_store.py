@@ -62,20 +62,38 @@ class KVCache:
         n = self.frames * self.tpf
         return self.key[:, :n], self.value[:, :n]
 
+    def slot(self, frames: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Views of where the next ``frames`` frames will lie, for a backend to write a block's K/V straight into
+        the cache (no copy at :meth:`append`); None where the block cannot land in place (a full rolling window
+        shifts the cache) or the view is not contiguous (batch > 1), which a backend's output binding needs."""
+        if self.max_past is not None and self.frames + frames > self.max_past:
+            return None
+        self._reserve(self.frames + frames)
+        start, end = self.frames * self.tpf, (self.frames + frames) * self.tpf
+        views = self.key[:, start:end], self.value[:, start:end]
+        return views if views[0].is_contiguous() else None
+
+    def _reserve(self, frames: int) -> None:
+        """Grow the buffers (doubling, keeping the valid frames) until ``frames`` frames fit."""
+        if frames <= self.capacity_frames:
+            return
+        cap = max(2 * self.capacity_frames, frames)
+        for name in ("key", "value"):
+            grown = self._alloc(cap)
+            grown[:, : self.frames * self.tpf] = getattr(self, name)[:, : self.frames * self.tpf]
+            setattr(self, name, grown)
+
     def append(self, key: torch.Tensor, value: torch.Tensor) -> None:
         new = key.shape[1] // self.tpf
-        if self.max_past is not None:
+        if self.max_past is not None and self.frames + new > self.max_past:
             self._append_rolling(key, value, new)
             return
-        if self.frames + new > self.capacity_frames:
-            cap = max(2 * self.capacity_frames, self.frames + new)
-            for name in ("key", "value"):
-                grown = self._alloc(cap)
-                grown[:, : self.frames * self.tpf] = getattr(self, name)[:, : self.frames * self.tpf]
-                setattr(self, name, grown)
+        self._reserve(self.frames + new)
         start = self.frames * self.tpf
-        self.key[:, start : start + key.shape[1]] = key
-        self.value[:, start : start + value.shape[1]] = value
+        for buf, block in ((self.key, key), (self.value, value)):
+            target = buf[:, start : start + block.shape[1]]
+            if block.data_ptr() != target.data_ptr() or block.stride() != target.stride():
+                target.copy_(block)  # written elsewhere (a backend that ignores the slot): copy it in
         self.frames += new
 
     def _append_rolling(self, key: torch.Tensor, value: torch.Tensor, new: int) -> None:
@@ -169,8 +187,15 @@ class StateStore:
         return {n: t for i, cache in self.caches.items() for n, t in zip(self.spec.names(PAST_KV, i), cache.view())}
 
     def spare_buffers(self) -> dict[str, torch.Tensor]:
-        """present name -> a free buffer of the right shape a backend may write the next commit into."""
-        return {self.spec.present_of(name): buf for name, buf in self.spares.items()}
+        """present name -> where a backend may write the next commit: a free state buffer (ping-pong) and, where
+        the block's K/V can land in place, its slot in each cache (then :meth:`commit` copies nothing)."""
+        buffers = {self.spec.present_of(name): buf for name, buf in self.spares.items()}
+        frames = self.spec.config.frames_per_block
+        for i, cache in self.caches.items():
+            views = cache.slot(frames)
+            if views is not None:
+                buffers.update(zip(self.spec.names(PRESENT_KV, i), views))
+        return buffers
 
     def commit(self, outputs: dict[str, torch.Tensor]) -> None:
         """Bind ``present_state.*`` as the next ``past_state.*`` and append ``present_key/value.*`` to the caches."""
