@@ -18,6 +18,7 @@ from arl2rt.export.state_spec import (
     PAST_STATE,
     PAST_VALUE,
     PRESENT_KEY,
+    PRESENT_KV,
     PRESENT_STATE,
     PRESENT_VALUE,
     TIMESTEP,
@@ -139,3 +140,27 @@ def test_no_slot_for_a_batch_whose_view_is_not_contiguous():
     cache = _cache(None, batch=2)
     cache.append(*_block(1, seed=0, batch=2))
     assert cache.slot(1) is None
+
+
+def test_the_torch_backend_writes_block_kv_into_the_cache_slots(model):
+    """Each softmax layer's block K/V go straight into the cache (the commit's outputs are the cache's memory), and
+    the stream is bit for bit the one whose K/V are appended by copy."""
+    context = random_context(MICRO, seed=1)
+    seen = []
+
+    def keep(graph, block, pass_index, feeds, outputs):
+        if graph == "commit_step":
+            seen.append({n: t.data_ptr() for n, t in outputs.items()})
+
+    with TorchBackend(model, StateSpec(MICRO)) as be:
+        streamer = Streamer(be, seed=4, hook=keep, max_frames=8)
+        video = streamer.generate(context, 3)
+        cache = streamer.store.caches[1]
+        spec = be.spec
+        copied = Streamer(be, seed=4, max_frames=8)
+        copied.store.spare_buffers = lambda: {}  # no slots offered: K/V returned, then appended by copy
+        assert torch.equal(copied.generate(context, 3), video)
+    block_bytes = MICRO.tokens_per_block * cache.heads * cache.dim * cache.key.element_size()
+    key, value = spec.names(PRESENT_KV, 1)
+    assert [p[key] for p in seen] == [cache.key.data_ptr() + b * block_bytes for b in range(3)]
+    assert [p[value] for p in seen] == [cache.value.data_ptr() + b * block_bytes for b in range(3)]

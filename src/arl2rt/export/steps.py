@@ -49,14 +49,21 @@ class _Step(nn.Module):
         self.model, self.spec = model, spec
         self.input_slots = [(s.kind, s.layer) for s in spec.step_inputs()]
 
-    def _run(self, args: tuple[torch.Tensor, ...]):
+    def _run(self, args: tuple[torch.Tensor, ...], kv_out: dict | None = None):
         cfg = self.model.cfg
         arg = dict(zip(self.input_slots, args))  # (kind, layer) -> tensor: no name is spelled here
         context_kv = [(arg[CONTEXT_KEY, i], arg[CONTEXT_VALUE, i]) for i in range(cfg.num_layers)]
         states = {i: arg[PAST_STATE, i] for i in cfg.hybrid_layers}
         past = {i: (arg[PAST_KEY, i], arg[PAST_VALUE, i]) for i in cfg.softmax_layers}
         return self.model.step(
-            arg[LATENTS, None], arg[TIMESTEP, None], arg[FRAME_OFFSET, None], context_kv, states, past, self.write
+            arg[LATENTS, None],
+            arg[TIMESTEP, None],
+            arg[FRAME_OFFSET, None],
+            context_kv,
+            states,
+            past,
+            self.write,
+            kv_out,
         )
 
 
@@ -75,7 +82,12 @@ class CommitStep(_Step):
     write = True
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self._run(args)
+        return self.run_into(args, None)
+
+    def run_into(self, args: tuple[torch.Tensor, ...], kv_out: dict | None) -> tuple[torch.Tensor, ...]:
+        """:meth:`forward`, with each softmax layer's block K/V written into ``kv_out[layer]`` (the torch backend
+        passes the cache's next slot: no layer's K/V outlive it, no copy at the append)."""
+        out = self._run(args, kv_out)
         by_kind = {PRESENT_STATE: out.states, PRESENT_KEY: out.keys, PRESENT_VALUE: out.values}
         return tuple(by_kind[s.kind][s.layer] for s in self.spec.commit_outputs())
 

@@ -137,6 +137,7 @@ class CausalDiT(nn.Module):
         states: dict[int, torch.Tensor],
         past_kv: dict[int, tuple[torch.Tensor, torch.Tensor]],
         write: bool,
+        kv_out: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> StepOutput:
         """One pass of the DiT over one AR block.
 
@@ -148,6 +149,9 @@ class CausalDiT(nn.Module):
             states: hybrid layer index -> pre-update GDN state ``[B, H, D, D]`` (read only).
             past_kv: softmax layer index -> (K, V) ``[B, S_past, H, D]`` of earlier blocks (RoPE'd K).
             write: the clean pass; returns new states and this block's K/V. Denoising passes leave states alone.
+            kv_out: softmax layer index -> (K, V) buffers ``[B, S_block, H, D]`` (e.g. the cache's next slot) that
+                layer's block K/V are written into as soon as it has made them, and returned as: the layers' K/V
+                are then never all alive at once.
         """
         cfg = self.cfg
         b, _, f, hh, ww = x.shape
@@ -170,6 +174,10 @@ class CausalDiT(nn.Module):
                     new_states[i] = new
             else:
                 tokens, (k, v) = blk(tokens, e0, cos, sin, context_kv[i], past_kv=past_kv[i])
+                if write and kv_out is not None and i in kv_out:
+                    kv_out[i][0].copy_(k)
+                    kv_out[i][1].copy_(v)
+                    k, v = kv_out[i]
                 if write:
                     keys[i], values[i] = k, v
         out = self.head(tokens, e)  # [B, L, (pt ph pw c)]

@@ -51,7 +51,7 @@ class StepGraphs:
 
     spec: StateSpec
     device: torch.device
-    eager: Callable[[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
+    eager: Callable[..., dict[str, torch.Tensor]]  # (graph, feeds[, out]) -> outputs
     captures: int = 0
     replays: int = 0
     _pool: tuple = field(default_factory=lambda: torch.cuda.graph_pool_handle())
@@ -90,8 +90,8 @@ class StepGraphs:
         captured = self._graphs.get(key, False)
         if captured is False and first < block and self._capturable(graph, out):
             captured = self._graphs[key] = self._capture(graph, feeds, out)
-        if not captured:  # not seen before, not capturable, or its capture failed: eager
-            return self._into(self.eager(graph, feeds), out)
+        if not captured:  # not seen before, not capturable, or its capture failed: eager (K/V into their slots)
+            return self._into(self.eager(graph, feeds, out), out)
         self._graphs.move_to_end(key)
         for name, buf in captured.staged.items():
             buf.copy_(feeds[name])

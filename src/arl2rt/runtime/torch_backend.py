@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 
 from arl2rt.errors import Arl2rtError
-from arl2rt.export.state_spec import StateSpec
+from arl2rt.export.state_spec import PRESENT_KV, StateSpec
 from arl2rt.export.steps import decode_modules, step_modules
 from arl2rt.model.dit import CausalDiT
 from arl2rt.model.vae.decoder import WanVaeDecoder
@@ -63,11 +63,30 @@ class TorchBackend(Backend):
     def run_impl(self, graph, feeds, out):
         if self.graphs is not None:
             return self.graphs.run(graph, feeds, out)
-        return self._eager(graph, feeds)
+        return self._eager(graph, feeds, out)
 
-    def _eager(self, graph: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _eager(
+        self, graph: str, feeds: dict[str, torch.Tensor], out: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
         names = [s.name for s in self.spec.inputs(graph)]
+        args = tuple(feeds[n] for n in names)
+        kv_out = self._kv_slots(out) if graph == "commit_step" and out else None
         with torch.inference_mode():
-            result = self.modules[graph](*(feeds[n] for n in names))
+            module = self.modules[graph]
+            result = module.run_into(args, kv_out) if kv_out else module(*args)
         result = result if isinstance(result, tuple) else (result,)
         return {s.name: r for s, r in zip(self.spec.outputs(graph), result)}
+
+    def _kv_slots(self, out: dict[str, torch.Tensor]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """softmax layer -> the (K, V) buffers ``out`` offers for its block K/V, where both fit as they are."""
+        slots = {}
+        for i in self.spec.config.softmax_layers:
+            names = self.spec.names(PRESENT_KV, i)
+            specs = [self.spec.tensor(n) for n in names]
+            given = [out.get(n) for n in names]
+            if all(
+                g is not None and self.output_buffer(s, s.resolve(batch=g.shape[0]), g) is g
+                for s, g in zip(specs, given)
+            ):
+                slots[i] = (given[0], given[1])
+        return slots
