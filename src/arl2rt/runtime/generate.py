@@ -46,6 +46,7 @@ from arl2rt.runtime.threads import check_threads, cpu_threads, default_threads
 from arl2rt.runtime.trt.flavour import DEFAULT_FLAVOUR
 from arl2rt.runtime.trt.profiles import stream_max_frames
 from arl2rt.runtime.video import check_new_output, check_video_output, open_writer, output_format
+from arl2rt.runtime.video.background import BackgroundWriter, background_wanted
 
 DEFAULT_FRAMES = 48  # 3 s at 16 fps
 DEFAULT_SAVE_EVERY = 10
@@ -328,6 +329,8 @@ def _run(plan: Plan, opts: GenerateOptions, progress: Callable[[Progress], None]
             plan.snapshot.restore(streamer)
         # opened last: a run that cannot start leaves an existing output untouched
         writer = open_writer(plan.output, fps=opts.fps, resume=plan.append, overwrite=opts.overwrite, first_block=start)
+        if background_wanted():  # encode and write a block while the next one is made
+            writer = BackgroundWriter(writer)
 
         def save() -> None:
             record = sessions.SessionRecord(
