@@ -118,6 +118,27 @@ def test_attention_with_past_on_cuda_matches_float64(past):
     assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-2
 
 
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (flash attention's variable-length kernel)")
+@pytest.mark.parametrize(("batch", "used"), [(1, 1), (1, 300), (2, 257), (2, 511)])
+def test_attention_over_a_whole_cache_reads_only_its_valid_keys(batch, used):
+    cap = 512
+    q = _rand(batch, 96, 4, 64, seed=1).cuda()
+    k_buf, v_buf = _rand(batch, cap, 4, 64, seed=2).cuda(), _rand(batch, cap, 4, 64, seed=3).cuda()
+    k_buf[:, used:], v_buf[:, used:] = float("nan"), float("nan")  # what lies beyond must never be read
+    k, v = _rand(batch, 96, 4, 64, seed=4).cuda(), _rand(batch, 96, 4, 64, seed=5).cuda()
+    ref = layers.attention(q, torch.cat([k_buf[:, :used], k], 1), torch.cat([v_buf[:, :used], v], 1))
+    tokens = torch.tensor([used], device="cuda")
+    with torch.no_grad():
+        out = layers.attention_with_padded_past(
+            *(t.bfloat16() for t in (q, k_buf, v_buf)), tokens, k.bfloat16(), v.bfloat16()
+        )
+        _, lse = layers.padded_attention_lse(*(t.bfloat16() for t in (q, k_buf, v_buf)), tokens)
+    assert not layers._VARLEN_FAILED  # the flash kernel ran, not the masked fallback
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-2
+    scores = q.transpose(1, 2) @ k_buf[:, :used].transpose(1, 2).transpose(-1, -2) / 64**0.5
+    torch.testing.assert_close(lse.double(), torch.logsumexp(scores, -1).transpose(1, 2), rtol=0, atol=2e-2)
+
+
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_a_fused_model_step_matches_the_unfused_one(monkeypatch):
     from arl2rt.model.dit import CausalDiT

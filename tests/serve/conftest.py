@@ -15,7 +15,8 @@ from arl2rt.serve.served import plan_settings
 from arl2rt.serve.server import TritonServer, check_stub_python, find_install
 from micro_configs import micro_config
 
-IDLE_MODEL = "tiny"  # its streams are freed after IDLE_TIMEOUT seconds
+IDLE_MODEL = "tiny-idle"  # its streams are freed after IDLE_TIMEOUT seconds (a model of its own: under load, four
+# concurrent streams of one instance can wait longer than that between two blocks)
 IDLE_TIMEOUT = 2.0
 
 
@@ -33,12 +34,13 @@ def triton_install():
 
 @pytest.fixture(scope="module")
 def served(triton_install, micro_exports, tmp_path_factory):
-    """A server with three models: tiny (random weights, torch), the embedded model (torch) and the micro package
-    (onnxruntime); stopped when the module's tests are done, whatever happened."""
+    """A server with four models: tiny (random weights, torch), the same with a short idle timeout, the embedded
+    model (torch) and the micro package (onnxruntime); stopped when the module's tests are done, whatever happened."""
     root = tmp_path_factory.mktemp("triton")
     repo = root / "repo"
     for name, source, idle in (
-        ("tiny", {"config": "tiny"}, IDLE_TIMEOUT),
+        ("tiny", {"config": "tiny"}, 120.0),
+        (IDLE_MODEL, {"config": "tiny"}, IDLE_TIMEOUT),
         ("embedded", {}, 120.0),
         ("micro", {"model": micro_exports.package("onnxruntime").root}, 120.0),
     ):

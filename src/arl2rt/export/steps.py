@@ -49,7 +49,7 @@ class _Step(nn.Module):
         self.model, self.spec = model, spec
         self.input_slots = [(s.kind, s.layer) for s in spec.step_inputs()]
 
-    def _run(self, args: tuple[torch.Tensor, ...], kv_out: dict | None = None):
+    def _run(self, args: tuple[torch.Tensor, ...], kv_out: dict | None, past_tokens: torch.Tensor | None):
         cfg = self.model.cfg
         arg = dict(zip(self.input_slots, args))  # (kind, layer) -> tensor: no name is spelled here
         context_kv = [(arg[CONTEXT_KEY, i], arg[CONTEXT_VALUE, i]) for i in range(cfg.num_layers)]
@@ -64,6 +64,7 @@ class _Step(nn.Module):
             past,
             self.write,
             kv_out,
+            past_tokens,
         )
 
 
@@ -73,7 +74,11 @@ class DenoiseStep(_Step):
     write = False
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
-        return self._run(args).velocity.to(self.spec.velocity().torch_dtype)
+        return self.run_into(args, None)
+
+    def run_into(self, args: tuple[torch.Tensor, ...], kv_out: None, past_tokens: torch.Tensor | None = None):
+        """:meth:`forward`; with ``past_tokens`` the past K/V are whole cache buffers (``CausalDiT.step``)."""
+        return self._run(args, None, past_tokens).velocity.to(self.spec.velocity().torch_dtype)
 
 
 class CommitStep(_Step):
@@ -84,10 +89,13 @@ class CommitStep(_Step):
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.run_into(args, None)
 
-    def run_into(self, args: tuple[torch.Tensor, ...], kv_out: dict | None) -> tuple[torch.Tensor, ...]:
+    def run_into(
+        self, args: tuple[torch.Tensor, ...], kv_out: dict | None, past_tokens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
         """:meth:`forward`, with each softmax layer's block K/V written into ``kv_out[layer]`` (the torch backend
-        passes the cache's next slot: no layer's K/V outlive it, no copy at the append)."""
-        out = self._run(args, kv_out)
+        passes the cache's next slot: no layer's K/V outlive it, no copy at the append). With ``past_tokens`` the
+        past K/V and ``kv_out`` are whole cache buffers, the block written at that offset (``CausalDiT.step``)."""
+        out = self._run(args, kv_out, past_tokens)
         by_kind = {PRESENT_STATE: out.states, PRESENT_KEY: out.keys, PRESENT_VALUE: out.values}
         return tuple(by_kind[s.kind][s.layer] for s in self.spec.commit_outputs())
 

@@ -12,6 +12,7 @@ from arl2rt.model.layers import (
     RMSNorm,
     accum_dtype,
     attention,
+    attention_with_padded_past,
     attention_with_past,
     rms_norm_rope,
     rope_l2norm,
@@ -62,12 +63,17 @@ class _QKV(nn.Module):
 class SoftmaxSelfAttention(_QKV):
     """Block-causal softmax attention: the block's queries see [cached past K/V ‖ this block's K/V].
 
-    Returns the output and this block's RoPE'd K and V (the runtime keeps those of the clean pass only).
+    Returns the output and this block's RoPE'd K and V (the runtime keeps those of the clean pass only). With
+    ``past_tokens`` (int64 device tensor ``[1]``) the past K/V are a cache's whole buffers, valid up to that length.
     """
 
-    def forward(self, x, cos, sin, past_key: torch.Tensor, past_value: torch.Tensor):
+    def forward(self, x, cos, sin, past_key: torch.Tensor, past_value: torch.Tensor, past_tokens=None):
         q, k, v = self.qkv(x, cos, sin)
-        return self.o(attention_with_past(q, past_key, past_value, k, v).flatten(2)), k, v
+        if past_tokens is None:
+            out = attention_with_past(q, past_key, past_value, k, v)
+        else:
+            out = attention_with_padded_past(q, past_key, past_value, past_tokens, k, v)
+        return self.o(out.flatten(2)), k, v
 
 
 class HybridSelfAttention(_QKV):

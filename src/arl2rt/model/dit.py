@@ -71,7 +71,7 @@ class DiTBlock(nn.Module):
         self.ffn = FeedForward(cfg.dim, cfg.ffn_dim)
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
 
-    def forward(self, x, e, cos, sin, context_kv, state=None, past_kv=None, write=False):
+    def forward(self, x, e, cos, sin, context_kv, state=None, past_kv=None, write=False, past_tokens=None):
         """x ``[B, L, dim]``, e ``[B, F, 6, dim]`` (time projection). Returns x and the layer's new state or K/V."""
         frames = e.shape[1]
         e = (self.modulation.to(e.dtype)[:, None] + e).unbind(2)
@@ -79,7 +79,7 @@ class DiTBlock(nn.Module):
         if self.hybrid:
             y, new = self.self_attn(y_in, cos, sin, state, write)
         else:
-            y, k, v = self.self_attn(y_in, cos, sin, *past_kv)
+            y, k, v = self.self_attn(y_in, cos, sin, *past_kv, past_tokens)
             new = (k, v)
         x = gated_add(x, y, e[2], frames)
         x = x + self.cross_attn(self.norm3(x), *context_kv)
@@ -98,6 +98,20 @@ class Head(nn.Module):
         """x ``[B, L, dim]``, e ``[B, F, dim]`` (time embedding before projection)."""
         shift, scale = (self.modulation.to(e.dtype)[:, None] + e[:, :, None]).unbind(2)
         return self.head(norm_modulate(x, shift, scale, e.shape[1], self.norm.eps))
+
+
+def _write_block_kv(buffers, k: torch.Tensor, v: torch.Tensor, past_tokens: torch.Tensor | None):
+    """Write a layer's block K/V into its ``kv_out`` buffers and return those: whole (a cache slot) or, with
+    ``past_tokens``, at that device-held offset of the cache's buffers (an index copy, so a captured graph writes
+    wherever the cache ends; the caller, who knows the length, takes the block's slice)."""
+    if past_tokens is None:
+        buffers[0].copy_(k)
+        buffers[1].copy_(v)
+    else:
+        index = past_tokens + torch.arange(k.shape[1], device=k.device)
+        buffers[0].index_copy_(1, index, k)
+        buffers[1].index_copy_(1, index, v)
+    return buffers
 
 
 class CausalDiT(nn.Module):
@@ -138,6 +152,7 @@ class CausalDiT(nn.Module):
         past_kv: dict[int, tuple[torch.Tensor, torch.Tensor]],
         write: bool,
         kv_out: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        past_tokens: torch.Tensor | None = None,
     ) -> StepOutput:
         """One pass of the DiT over one AR block.
 
@@ -152,6 +167,10 @@ class CausalDiT(nn.Module):
             kv_out: softmax layer index -> (K, V) buffers ``[B, S_block, H, D]`` (e.g. the cache's next slot) that
                 layer's block K/V are written into as soon as it has made them, and returned as: the layers' K/V
                 are then never all alive at once.
+            past_tokens: the number of valid past tokens as an int64 device tensor ``[1]``, for the CUDA-graph path
+                (docs/cuda-graphs.md): ``past_kv`` are then each cache's whole buffers ``[B, S_cap, H, D]`` valid up to
+                that length, and ``kv_out`` (if given) the same buffers, the block's K/V written at that offset and
+                the buffers returned whole.
         """
         cfg = self.cfg
         b, _, f, hh, ww = x.shape
@@ -173,11 +192,9 @@ class CausalDiT(nn.Module):
                 if write:
                     new_states[i] = new
             else:
-                tokens, (k, v) = blk(tokens, e0, cos, sin, context_kv[i], past_kv=past_kv[i])
+                tokens, (k, v) = blk(tokens, e0, cos, sin, context_kv[i], past_kv=past_kv[i], past_tokens=past_tokens)
                 if write and kv_out is not None and i in kv_out:
-                    kv_out[i][0].copy_(k)
-                    kv_out[i][1].copy_(v)
-                    k, v = kv_out[i]
+                    k, v = _write_block_kv(kv_out[i], k, v, past_tokens)
                 if write:
                     keys[i], values[i] = k, v
         out = self.head(tokens, e)  # [B, L, (pt ph pw c)]

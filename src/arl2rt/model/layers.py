@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -173,6 +175,76 @@ def attention_with_past(q, past_key, past_value, key, value) -> torch.Tensor:
     o_past, lse_past = attention_lse(q, past_key, past_value)
     o_block, lse_block = attention_lse(q, key, value)
     return merge_attention(o_past, lse_past, o_block, lse_block)
+
+
+def attention_with_padded_past(q, past_key, past_value, past_tokens: torch.Tensor, key, value) -> torch.Tensor:
+    """:func:`attention_with_past` where ``past_key``/``past_value`` are a cache's whole buffers ``[B, S_cap, H, D]``
+    of which only the first ``past_tokens`` (an int64 device tensor ``[1]``) are valid.
+
+    The valid length lives on the device, so the kernels launched do not depend on it: a CUDA graph captured once
+    replays at every length up to the capacity (docs/cuda-graphs.md). On CUDA at 16 bits the past is attended by
+    flash attention's variable-length kernel, which reads only the used keys; elsewhere the unused tail is masked.
+    """
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and not _VARLEN_FAILED:
+        try:
+            o_past, lse_past = padded_attention_lse(q, past_key, past_value, past_tokens)
+        except (RuntimeError, TypeError) as exc:  # a torch build without flash's seqused_k: the masked form
+            _varlen_failed(exc)
+        else:
+            o_block, lse_block = attention_lse(q, key, value)
+            return merge_attention(o_past, lse_past, o_block, lse_block)
+    used = torch.arange(past_key.shape[1], device=q.device) < past_tokens
+    mask = torch.cat([used, torch.ones(key.shape[1], dtype=torch.bool, device=q.device)])
+    # the tail beyond the valid length is whatever the buffer held (NaN even): zero it so the mask removes it
+    unused = ~used[None, :, None, None]
+    k = torch.cat([past_key.masked_fill(unused, 0), key], dim=1)
+    v = torch.cat([past_value.masked_fill(unused, 0), value], dim=1)
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask[None, None, None, :]).transpose(1, 2)
+
+
+_VARLEN_FAILED = False
+
+
+def _varlen_failed(exc: Exception) -> None:
+    global _VARLEN_FAILED
+    _VARLEN_FAILED = True
+    warnings.warn(
+        f"arl2rt: flash attention's variable-length kernel is unavailable ({type(exc).__name__}: {str(exc)[:200]}); "
+        "attending whole caches with a masked SDPA instead (slower at long caches)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def padded_attention_lse(
+    q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, used: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output ``[B, Lq, H, D]`` and log-sum-exp ``[B, Lq, H]`` of q over the first ``used`` keys of each batch
+    item's buffer ``[B, S_cap, H, D]`` (CUDA): the batch laid out as variable-length sequences of length S_cap with
+    ``seqused_k`` limiting each to its valid keys. No keys (``used`` = 0) gives zeros and a log-sum-exp of -inf."""
+    b, lq, h, d = q.shape
+    cap = k_buf.shape[1]
+    cu_q = torch.arange(0, (b + 1) * lq, lq, dtype=torch.int32, device=q.device)
+    cu_k = torch.arange(0, (b + 1) * cap, cap, dtype=torch.int32, device=q.device)
+    seqused = used.to(torch.int32).expand(b).contiguous()
+    out, lse = torch.ops.aten._flash_attention_forward(
+        q.reshape(b * lq, h, d),
+        k_buf.view(b * cap, h, d),
+        v_buf.view(b * cap, h, d),
+        cu_q,
+        cu_k,
+        lq,
+        cap,
+        0.0,
+        False,
+        False,
+        seqused_k=seqused,
+    )[:2]
+    # flash's variable-length statistics are [H, total_q] (newer) or [B, H, max_q] (older builds)
+    lse = lse.reshape(h, b, lq).permute(1, 2, 0) if lse.dim() == 2 else lse.transpose(1, 2)
+    lse = lse.masked_fill(lse == float("inf"), float("-inf"))  # an empty row's +inf would poison the merge
+    return out.view(b, lq, h, d), lse
 
 
 def attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -66,16 +66,31 @@ class TorchBackend(Backend):
         return self._eager(graph, feeds, out)
 
     def _eager(
-        self, graph: str, feeds: dict[str, torch.Tensor], out: dict[str, torch.Tensor] | None = None
+        self,
+        graph: str,
+        feeds: dict[str, torch.Tensor],
+        out: dict[str, torch.Tensor] | None = None,
+        past_tokens: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """Run one step's module. ``past_tokens``: the past K/V (and a commit's ``out`` K/V) are whole cache
+        buffers valid up to that device-held length (the step graphs' form, ``step_graphs.whole_caches``)."""
         names = [s.name for s in self.spec.inputs(graph)]
         args = tuple(feeds[n] for n in names)
-        kv_out = self._kv_slots(out) if graph == "commit_step" and out else None
+        kv_out = None
+        if graph == "commit_step" and out:
+            kv_out = self._kv_slots(out) if past_tokens is None else self._kv_buffers(out)
         with torch.inference_mode():
             module = self.modules[graph]
-            result = module.run_into(args, kv_out) if kv_out else module(*args)
+            if past_tokens is not None:
+                result = module.run_into(args, kv_out, past_tokens)
+            else:
+                result = module.run_into(args, kv_out) if kv_out else module(*args)
         result = result if isinstance(result, tuple) else (result,)
         return {s.name: r for s, r in zip(self.spec.outputs(graph), result)}
+
+    def _kv_buffers(self, out: dict[str, torch.Tensor]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """softmax layer -> its cache's whole (K, V) buffers, which ``out`` holds under the present K/V names."""
+        return {i: tuple(out[n] for n in self.spec.names(PRESENT_KV, i)) for i in self.spec.config.softmax_layers}
 
     def _kv_slots(self, out: dict[str, torch.Tensor]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """softmax layer -> the (K, V) buffers ``out`` offers for its block K/V, where both fit as they are."""
