@@ -105,12 +105,17 @@ def parity(package: ModelPackage, blocks: int) -> dict:
 
 
 def block_times(opts: GenerateOptions, graphs: bool | None) -> dict:
+    """Per-block seconds of one generate run; ``graphs`` turns the backend's CUDA graphs on or off (torch:
+    ARL2RT_GRAPHS, onnxruntime: ARL2RT_ORT_GRAPHS), None leaves the default."""
+    variable = "ARL2RT_ORT_GRAPHS" if opts.backend == "onnxruntime" else "ARL2RT_GRAPHS"
     if graphs is not None:
-        os.environ["ARL2RT_GRAPHS"] = "1" if graphs else "0"
+        os.environ[variable] = "1" if graphs else "0"
     marks: list[float] = []
     torch.cuda.reset_peak_memory_stats()
-    result = run_generate(opts, progress=lambda p: marks.append(p.seconds))
-    os.environ.pop("ARL2RT_GRAPHS", None)
+    try:
+        result = run_generate(opts, progress=lambda p: marks.append(p.seconds))
+    finally:
+        os.environ.pop(variable, None)
     return {
         "per_block_s": [b - a for a, b in zip([0.0, *marks], marks)],
         "peak_cuda_bytes": result.peak_cuda_bytes,
@@ -196,15 +201,16 @@ def speed(args, root: Path) -> list[dict]:
             **common,
         )
         for label, opts, graphs in (
-            ("onnxruntime_eager", ort_opts, None),
+            ("onnxruntime_eager", ort_opts, False),
+            ("onnxruntime_graphs", ort_opts, True),
             ("torch_graphs", torch_opts, True),
             ("torch_eager", torch_opts, False),
         ):
             log(f"{mix}: {label}")
             try:
                 row[label] = block_times(opts, graphs)
-            except Arl2rtError as exc:
-                row[label] = {"error": str(exc)}
+            except Exception as exc:  # noqa: BLE001 - one form failing must not lose the others' numbers
+                row[label] = {"error": f"{type(exc).__name__}: {str(exc)[:600]}"}
         if "error" in row["onnxruntime_eager"]:
             # what the CUDA EP costs with the nodes it will not take left on a CPU EP (the product refuses that)
             log(f"{mix}: onnxruntime_eager with CPU fallback")
@@ -238,17 +244,24 @@ def table(result: dict, steady: int) -> str:
             lines.append(f"placement {form} {graph}: {where} | no-CPU-fallback session: {row['no_cpu_fallback']}")
     for name, entry in result.get("parity", {}).items():
         lines.append(f"parity {name}: rc {entry['rc']}")
-    lines += ["", "| mix | onnxruntime CUDA eager ms | torch graphs ms | torch eager ms | ort / torch graphs |"]
-    lines.append("|---|---|---|---|---|")
+    lines += [
+        "",
+        "| mix | onnxruntime CUDA eager ms | onnxruntime CUDA graphs ms | torch graphs ms | torch eager ms "
+        "| ort graphs / torch graphs | ort eager / torch graphs |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in result.get("speed", []):
-        ort_ms, graph_ms, eager_ms = (_median_ms(row.get(k, {}), steady) for k in FORMS_SPEED)
-        ratio = f"{ort_ms / graph_ms:.2f}" if ort_ms and graph_ms else "-"
-        cells = [f"{v:.1f}" if v else "-" for v in (ort_ms, graph_ms, eager_ms)]
-        lines.append(f"| {row['mix']} ({row['layers']} layers) | {' | '.join(cells)} | {ratio} |")
+        ort_ms, ort_graph_ms, graph_ms, eager_ms = (_median_ms(row.get(k, {}), steady) for k in FORMS_SPEED)
+        ratios = [f"{a / graph_ms:.2f}" if a and graph_ms else "-" for a in (ort_graph_ms, ort_ms)]
+        cells = [f"{v:.1f}" if v else "-" for v in (ort_ms, ort_graph_ms, graph_ms, eager_ms)]
+        lines.append(f"| {row['mix']} ({row['layers']} layers) | {' | '.join(cells)} | {' | '.join(ratios)} |")
+        for k in FORMS_SPEED:
+            if isinstance(row.get(k), dict) and "error" in row[k]:
+                lines.append(f"  {row['mix']} {k}: {row[k]['error'][:300]}")
     return "\n".join(lines)
 
 
-FORMS_SPEED = ("onnxruntime_eager", "torch_graphs", "torch_eager")
+FORMS_SPEED = ("onnxruntime_eager", "onnxruntime_graphs", "torch_graphs", "torch_eager")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,10 @@ A package with a VAE decoder adds its two decode graphs: the past VAE caches are
 and each present cache is written into a fresh torch tensor that the StateStore keeps as the next past (no copy).
 
 The CUDA EP runs when the device is CUDA (``onnxruntime-gpu`` installed and a GPU present; ``device="auto"`` picks it
-then), binding torch CUDA pointers and ordering work on torch's current stream; otherwise the CPU EP.
+then), binding torch CUDA pointers and ordering work on torch's current stream; otherwise the CPU EP. With
+``ARL2RT_ORT_GRAPHS=1`` the two repeating steps run as onnxruntime CUDA graphs where their launches repeat
+(:mod:`arl2rt.runtime.ort_graphs`), on a stream of the backend's own (a graph cannot be captured on the legacy default
+stream torch uses), ordered after and before torch's work by stream waits.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import TensorSpec
 from arl2rt.runtime.backend import Backend
+from arl2rt.runtime.ort_graphs import GRAPH_STEPS, NO_GRAPH, OrtGraphs, ort_graphs_wanted
 from arl2rt.runtime.ort_placement import off_device, placement, record_assignment
 
 if TYPE_CHECKING:
@@ -101,6 +105,9 @@ class OnnxRuntimeBackend(Backend):
     ) -> None:
         super().__init__(package.spec, resolve_device(device))
         self.package = package
+        self.cuda_graphs = providers is None and ort_graphs_wanted(self.device)
+        self._stream = torch.cuda.Stream(self.device) if self.cuda_graphs else None
+        self.graphs: OrtGraphs | None = None
         self.providers = list(providers) if providers is not None else self._default_providers()
         self.session_options = session_options
         self.sessions: dict[str, Any] = {}
@@ -110,7 +117,7 @@ class OnnxRuntimeBackend(Backend):
         if self.device.type == "cuda":
             index = self.device.index if self.device.index is not None else torch.cuda.current_device()
             # onnxruntime enqueues on torch's stream: no synchronisation between torch's work and a step
-            stream = torch.cuda.current_stream(torch.device("cuda", index)).cuda_stream
+            stream = (self._stream or torch.cuda.current_stream(torch.device("cuda", index))).cuda_stream
             options = {"device_id": index, "has_user_compute_stream": "1", "user_compute_stream": str(stream)}
             # the CUDA EP alone: onnxruntime would hand shape arithmetic (Slice, Concat, Gather) to a CPU EP listed
             # beside it; without one (and with CPU fallback off) every node runs on the device
@@ -142,7 +149,7 @@ class OnnxRuntimeBackend(Backend):
             if not path.is_file():
                 raise Arl2rtError(f"{path}: graph file of {graph} not found in package {self.package.root}")
             try:
-                sessions[graph] = ort.InferenceSession(str(path), options, providers=self.providers)
+                sessions[graph] = ort.InferenceSession(str(path), options, providers=self._providers_of(graph))
             except errors as exc:
                 first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
                 if type(exc).__name__ == "NotImplemented":
@@ -158,9 +165,16 @@ class OnnxRuntimeBackend(Backend):
             if self.device.type == "cuda":
                 _check_on_device(sessions[graph], path, graph)
         self.sessions = sessions
+        self.graphs = OrtGraphs(self.spec) if self.cuda_graphs else None
+
+    def _providers_of(self, graph: str) -> list[str | tuple[str, dict]]:
+        """The providers of one graph's session: a repeating step's CUDA EP captures graphs when they are on."""
+        if not self.cuda_graphs or graph not in GRAPH_STEPS:
+            return self.providers
+        return [(p[0], {**p[1], "enable_cuda_graph": "1"}) if isinstance(p, tuple) else p for p in self.providers]
 
     def deactivate_impl(self) -> None:
-        self.sessions = {}
+        self.sessions, self.graphs = {}, None
 
     # -- running -------------------------------------------------------------------------------------------------
     def run_impl(self, graph, feeds, out):
@@ -172,19 +186,43 @@ class OnnxRuntimeBackend(Backend):
             tensor = feeds[spec.name]
             if tensor.device != self.device:
                 raise Arl2rtError(f"{graph}: input {spec.name} is on {tensor.device}; expected {self.device}")
+        given = {s.name: out[s.name] for s in self.spec.outputs(graph) if s.name in out}
+        fits = {n: t for n, t in given.items() if self.output_buffer(self.spec.tensor(n), t.shape, t) is t}
+        slot = self.graphs.slot(graph, feeds, fits, batch) if self.graphs is not None else None
+        for spec in self.spec.inputs(graph):
+            tensor = feeds[spec.name]
+            if slot is not None and spec.name in slot.staged:
+                tensor = slot.staged[spec.name].copy_(tensor)  # a graph reads its per-pass inputs where it was captured
             keep.append(_bind(binding.bind_input, spec.name, tensor.contiguous()))
         outputs = {}
         for spec in self.spec.outputs(graph):
-            outputs[spec.name] = self.output_buffer(spec, spec.resolve(batch=batch), out.get(spec.name))
+            fixed = slot.outputs.get(spec.name) if slot is not None else None
+            shape = spec.resolve(batch=batch)
+            outputs[spec.name] = fixed if fixed is not None else self.output_buffer(spec, shape, out.get(spec.name))
             _bind(binding.bind_output, spec.name, outputs[spec.name])
-        if self.device.type == "cuda" and not self._shares_torch_stream():
-            torch.cuda.current_stream(self.device).synchronize()  # inputs written by torch must be ready
+        self._run(session, binding, graph, slot.graph_id if slot is not None else None)
+        return outputs
+
+    def _run(self, session, binding, graph: str, graph_id: int | None) -> None:
+        current = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        if self._stream is not None:
+            self._stream.wait_stream(current)  # the backend's stream reads what torch wrote
+        elif current is not None and not self._shares_torch_stream():
+            current.synchronize()  # inputs written by torch must be ready
+        options = None
+        if current is not None:
+            options = _ort().RunOptions()
+            # the run's outputs are ordered on the stream; no host wait at its end (torch's next reads wait on device)
+            options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+            if self.graphs is not None and graph in GRAPH_STEPS:
+                options.add_run_config_entry("gpu_graph_id", str(NO_GRAPH if graph_id is None else graph_id))
         try:
-            session.run_with_iobinding(binding)
+            session.run_with_iobinding(binding, options)
         except _ort_errors() as exc:
             path = self.package.graph_path(graph)
             raise Arl2rtError(f"{path}: onnxruntime failed to run {graph}: {str(exc).strip()[:500]}") from None
-        return outputs
+        if self._stream is not None:
+            current.wait_stream(self._stream)  # torch's next reads of the outputs come after the run
 
 
 def _bind(bind, name: str, tensor: torch.Tensor) -> torch.Tensor:

@@ -102,6 +102,25 @@ def whole_caches(spec: StateSpec, graph: str, feeds: dict, out: dict) -> _WholeC
     return _WholeCaches(whole_feeds, whole_out, tokens, slots)
 
 
+def staged_inputs(spec: StateSpec, graph: str, feeds: dict[str, torch.Tensor]) -> list[str]:
+    """The inputs a graph reads from its own copies, refreshed before each replay: they change every pass."""
+    names = [s.name for s in spec.inputs(graph) if s.kind in PER_PASS]
+    return names + [_PAST_TOKENS] * (_PAST_TOKENS in feeds)
+
+
+def step_key(spec: StateSpec, graph: str, feeds: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> tuple:
+    """What a replay of ``graph`` must find as it was at capture: the staged inputs' shapes and dtypes, every other
+    input's shape, strides, dtype and address, and the address of each buffer the step writes into (``out``)."""
+    staged = staged_inputs(spec, graph, feeds)
+    inputs = tuple(
+        (name, tuple(t.shape), t.dtype) if name in staged else (name, tuple(t.shape), t.stride(), t.dtype, t.data_ptr())
+        for name in [s.name for s in spec.inputs(graph)] + [_PAST_TOKENS] * (_PAST_TOKENS in feeds)
+        for t in (feeds[name],)
+    )
+    targets = tuple(sorted((name, buf.data_ptr()) for name, buf in out.items()))
+    return graph, inputs, targets
+
+
 @dataclass
 class StepGraphs:
     """Captures and replays the steps of one backend; :meth:`run` falls back to ``eager`` wherever it cannot."""
@@ -118,21 +137,10 @@ class StepGraphs:
     _block: int = 0
 
     def _staged(self, graph: str, feeds: dict[str, torch.Tensor]) -> list[str]:
-        """The inputs a graph reads from its own copies, refreshed before each replay: they change every pass."""
-        names = [s.name for s in self.spec.inputs(graph) if s.kind in PER_PASS]
-        return names + [_PAST_TOKENS] * (_PAST_TOKENS in feeds)
+        return staged_inputs(self.spec, graph, feeds)
 
     def _key(self, graph: str, feeds: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> tuple:
-        staged = self._staged(graph, feeds)
-        inputs = tuple(
-            (name, tuple(t.shape), t.dtype)
-            if name in staged
-            else (name, tuple(t.shape), t.stride(), t.dtype, t.data_ptr())
-            for name in [s.name for s in self.spec.inputs(graph)] + [_PAST_TOKENS] * (_PAST_TOKENS in feeds)
-            for t in (feeds[name],)
-        )
-        targets = tuple(sorted((name, buf.data_ptr()) for name, buf in out.items()))
-        return graph, inputs, targets
+        return step_key(self.spec, graph, feeds, out)
 
     def run(self, graph: str, feeds: dict[str, torch.Tensor], out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run ``graph``: replayed when captured, captured when its key was seen in an earlier block, else eager.
