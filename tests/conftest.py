@@ -1,6 +1,6 @@
 """Shared fixtures: seeded tiny and micro models, random (never zero) inputs, the micro model's exports traced once
-per session (micro_packages.py), with a tiny VAE decoder too (micro_vae_packages.py); NaN-poisoned library
-allocations."""
+per session (micro_packages.py), with a tiny VAE decoder too, Wan2.1's or TAEHV's (micro_vae_packages.py);
+NaN-poisoned library allocations."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import torch.utils._device
 
 from arl2rt.model.config import PRESETS, ModelConfig
 from arl2rt.model.random import random_context, random_model
+from arl2rt.model.vae.taehv.checkpoint import decoder_from_tensors
 from micro_packages import MICRO, MicroExports
 from micro_vae_packages import MicroVaeExports
+from model.vae.taehv_reference import TINY_TAEHV, random_taehv_state
 
 
 @pytest.fixture
@@ -52,6 +54,13 @@ def micro_exports(micro_model, tmp_path_factory) -> MicroExports:
 def micro_vae_exports(micro_exports, tmp_path_factory) -> MicroVaeExports:
     """The micro model with a tiny VAE decoder: decode graphs traced once per session, packages built once."""
     return MicroVaeExports(micro_exports, tmp_path_factory.mktemp("micro-vae-packages"))
+
+
+@pytest.fixture(scope="session")
+def micro_taehv_exports(micro_exports, tmp_path_factory) -> MicroVaeExports:
+    """The micro model with a tiny TAEHV decoder (random weights under the real key names), likewise."""
+    decoder = decoder_from_tensors(random_taehv_state(seed=0), TINY_TAEHV, "random TAEHV weights")
+    return MicroVaeExports(micro_exports, tmp_path_factory.mktemp("micro-taehv-packages"), decoder)
 
 
 _EMPTY_FACTORIES = ("empty", "empty_like", "empty_strided")

@@ -1,4 +1,5 @@
-"""The micro model with the VAE tests' tiny Wan-shaped decoder: its decode graphs traced once per session, packages.
+"""The micro model with a tiny VAE decoder (the VAE tests' Wan-shaped one, or the TAEHV tests' one): its decode
+graphs traced once per session, packages.
 
 The DiT's graphs come from the session's :class:`~micro_packages.MicroExports` (traced once); the decoder's two graphs
 are traced here once per dtype, and every package is ``export_package`` run for real with only the traces replaced,
@@ -18,7 +19,7 @@ from arl2rt.export import package as package_module
 from arl2rt.export.onnx_export import export_decode_graph
 from arl2rt.export.package import ModelPackage, export_package
 from arl2rt.export.state_spec import StateSpec
-from arl2rt.model.vae.decoder import WanVaeDecoder
+from arl2rt.model.vae.kinds import VaeDecoder
 from micro_packages import MicroExports
 from model.vae.vae_helpers import TINY, random_decoder
 
@@ -26,9 +27,9 @@ VAE = TINY  # dim 8, z_dim 4 = the micro DiT's out_channels; 32 caches, as Wan2.
 
 
 class MicroVaeExports:
-    def __init__(self, dit: MicroExports, root: Path) -> None:
+    def __init__(self, dit: MicroExports, root: Path, decoder: VaeDecoder | None = None) -> None:
         self.dit, self.root = dit, root
-        self.decoder: WanVaeDecoder = random_decoder(seed=0)
+        self.decoder: VaeDecoder = random_decoder(seed=0) if decoder is None else decoder
         self._traces: dict[tuple[str, str], bytes] = {}
         self._packages: dict[tuple[str, str], Path] = {}
 
@@ -37,7 +38,7 @@ class MicroVaeExports:
         return self.dit.model
 
     def spec(self, dtype: str = "float32") -> StateSpec:
-        return StateSpec(self.model.cfg, dtype, VAE)
+        return StateSpec(self.model.cfg, dtype, self.decoder.config)
 
     def graph(self, graph: str, dtype: str = "float32") -> ir.Model:
         key = (dtype, graph)
@@ -55,8 +56,9 @@ class MicroVaeExports:
             with pytest.MonkeyPatch.context() as mp:
                 self.dit.replace_tracing(mp)
 
-                def traced(decoder: WanVaeDecoder, spec: StateSpec, graph: str) -> ir.Model:
-                    assert decoder.config == VAE, f"the session's decode traces are of VAE config {VAE.name}"
+                def traced(decoder: VaeDecoder, spec: StateSpec, graph: str) -> ir.Model:
+                    want = self.decoder.config
+                    assert decoder.config == want, f"the session's decode traces are of VAE config {want.name}"
                     return self.graph(graph, spec.dtype)
 
                 mp.setattr(package_module, "export_decode_graph", traced)

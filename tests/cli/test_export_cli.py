@@ -16,7 +16,6 @@ from arl2rt.cli.main import app
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import StateSpec
 from arl2rt.model.config import PRESETS
-from arl2rt.model.vae.config import WAN21_VAE
 
 
 def _text(result) -> str:
@@ -91,10 +90,10 @@ def test_export_defaults_and_table(calls, tmp_path):
 def test_export_vae_loads_the_decoder_for_the_package(calls, monkeypatch, tmp_path):
     decoder = object()
     loaded = []
-    monkeypatch.setattr(export_cli, "load_decoder", lambda path, config: loaded.append((path, config)) or decoder)
+    monkeypatch.setattr(export_cli, "load_vae", lambda path: loaded.append(path) or decoder)  # Wan2.1's or TAEHV's
     result = CliRunner().invoke(app, ["export", "-o", str(tmp_path / "pkg"), "--vae", str(tmp_path / "vae.pth")])
     assert result.exit_code == 0, result.output
-    assert loaded == [(tmp_path / "vae.pth", WAN21_VAE)] and calls["export_package"][1]["vae"] is decoder
+    assert loaded == [tmp_path / "vae.pth"] and calls["export_package"][1]["vae"] is decoder
 
 
 def test_export_user_error_exits_1_without_traceback(monkeypatch, tmp_path):

@@ -77,6 +77,18 @@ def test_micro_portable_package_with_a_vae_builds_its_decode_graphs(micro_vae_ex
     assert build_engines(package, flavour="tensorrt-rtx", cache_dir=tmp_path / "cache", max_batch=2).status == "hit"
 
 
+def test_micro_portable_package_with_taehv_builds_its_decode_graphs(micro_taehv_exports, tmp_path):
+    """The tiny TAEHV decoder's two graphs parse to the StateSpec (its 9 memories included) and build."""
+    package = micro_taehv_exports.package("portable")
+    flavour = load_flavour("tensorrt-rtx")
+    for graph in DECODE_GRAPHS:
+        found = network_io(NetworkFromOnnx(flavour, package.graph_path(graph))().network)
+        assert found == expected_io(package.spec, graph), graph
+        assert sum(t["name"].startswith(f"{PRESENT_VAE}.") for t in found["outputs"]) == 9, graph
+    built = build_engines(package, flavour="tensorrt-rtx", cache_dir=tmp_path / "cache", max_batch=2)
+    assert built.status == "built" and all(built.entry.engines[g].stat().st_size > 0 for g in DECODE_GRAPHS)
+
+
 def test_cache_hit_miss_and_corruption_with_real_engines(toy, tmp_path):
     cache = tmp_path / "cache"
     first = build_engines(toy, flavour="tensorrt-rtx", cache_dir=cache)

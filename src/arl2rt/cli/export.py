@@ -1,5 +1,5 @@
 """``arl2rt export``: a model package (three step graphs, weights, manifest) for one target and precision; with
-``--vae FILE`` also the Wan2.1 VAE decoder's two decode graphs."""
+``--vae FILE`` also the VAE decoder's two decode graphs (Wan2.1's or TAEHV's)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from rich.text import Text
 from arl2rt.cli._common import deprecated, out, print_json, progress, result, user_errors
 from arl2rt.errors import Arl2rtError
 from arl2rt.export.package import export_package
-from arl2rt.model.vae.checkpoint import load_decoder
-from arl2rt.model.vae.config import WAN21_VAE
+from arl2rt.model.vae.kinds import load_vae
 from arl2rt.runtime.backends import DEFAULT_TARGET
 from arl2rt.runtime.sources import load_model
 
@@ -73,7 +72,8 @@ def export(
     vae: Annotated[
         Path | None,
         typer.Option(
-            help="Wan2.1 VAE checkpoint (Wan2.1_VAE.pth, or diffusers' AutoencoderKLWan weights or vae/ folder): the "
+            help="VAE decoder weights, told apart by their keys: Wan2.1_VAE.pth (or diffusers' AutoencoderKLWan "
+            "weights or vae/ folder), or TAEHV's taew2_1.pth / .safetensors: the "
             "package also holds its decode_first and decode_step graphs."
         ),
     ] = None,
@@ -84,7 +84,7 @@ def export(
     decode_step) with every state as named I/O."""
     output = _output(output, ctx.args)
     loaded = load_model(config=config, checkpoint=checkpoint)
-    with_vae = {"vae": load_decoder(vae, WAN21_VAE)} if vae is not None else {}
+    with_vae = {"vae": load_vae(vae)} if vae is not None else {}
     start = time.perf_counter()
     with progress("export") as update:
         package = export_package(

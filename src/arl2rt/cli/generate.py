@@ -86,7 +86,8 @@ def generate(
     vae: Annotated[
         Path | None,
         typer.Option(
-            help="Wan2.1 VAE checkpoint (Wan2.1_VAE.pth or diffusers' AutoencoderKLWan) for --config/--checkpoint: "
+            help="VAE decoder for --config/--checkpoint, told by its keys: Wan2.1_VAE.pth (or diffusers' "
+            "AutoencoderKLWan) or TAEHV's taew2_1.pth: "
             "each block is decoded to video as it is made (a package carries its own decoder)."
         ),
     ] = None,

@@ -32,7 +32,8 @@ def triton(
         Path | None, typer.Option(help="Checkpoint for --config; without one the weights are random.")
     ] = None,
     vae: Annotated[
-        Path | None, typer.Option(help="Wan2.1 VAE checkpoint for --config/--checkpoint: blocks come as video.")
+        Path | None,
+        typer.Option(help="Wan2.1 VAE or TAEHV (taew2_1) weights for --config/--checkpoint: blocks come as video."),
     ] = None,
     text_encoder: Annotated[
         Path | None, typer.Option(help="Local umT5 encoder folder the server encodes prompts with.")

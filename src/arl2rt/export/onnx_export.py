@@ -22,7 +22,7 @@ from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import BATCH, PAST_LEN, StateSpec, TensorSpec
 from arl2rt.export.steps import decode_modules, step_modules
 from arl2rt.model.dit import CausalDiT
-from arl2rt.model.vae.decoder import WanVaeDecoder
+from arl2rt.model.vae.kinds import VaeDecoder
 from arl2rt.plugins.gdn.plugin_spec import GDN_PLUGIN, register_onnx_schema
 
 EXPORT_OPSET = 18
@@ -70,7 +70,7 @@ def export_graph(model: CausalDiT, spec: StateSpec, graph: str) -> ir.Model:
     return _export(module, spec, graph, past_len, fixed_args=None if graph == "encode_context" else 0)
 
 
-def export_decode_graph(decoder: WanVaeDecoder, spec: StateSpec, graph: str) -> ir.Model:
+def export_decode_graph(decoder: VaeDecoder, spec: StateSpec, graph: str) -> ir.Model:
     """``decode_first`` or ``decode_step`` of ``decoder`` as an in-memory ONNX model (weights not yet written).
 
     Inputs and outputs carry the StateSpec's names (``vae_latents``, ``past_vae.i`` -> frames, ``present_vae.i``);

@@ -41,8 +41,7 @@ from arl2rt.export.targets import TRT_PLUGIN_MODES, apply_target, get_target
 from arl2rt.files import check_file, sha256_file
 from arl2rt.model.config import ModelConfig
 from arl2rt.model.dit import CausalDiT
-from arl2rt.model.vae.config import VaeConfig
-from arl2rt.model.vae.decoder import WanVaeDecoder
+from arl2rt.model.vae.kinds import VaeDecoder, config_from_dict
 from arl2rt.plugins.gdn.plugin_spec import register_onnx_schema
 
 MANIFEST_NAME = "manifest.json"
@@ -181,7 +180,7 @@ class ModelPackage:
                 f"{source}: trt_plugin expected one of {sorted(TRT_PLUGIN_MODES)} for target tensorrt and absent "
                 f"otherwise, found {plugin_mode!r} for target {target}"
             )
-        vae = VaeConfig.from_dict(manifest["vae"], f"{source} (vae)") if "vae" in manifest else None
+        vae = config_from_dict(manifest["vae"], f"{source} (vae)") if "vae" in manifest else None
         try:
             spec = StateSpec(config, manifest["dtype"], vae)
         except Arl2rtError as exc:
@@ -342,7 +341,7 @@ def export_package(
     progress: Progress | None = None,
     overwrite: bool = False,
     source: str | None = None,
-    vae: WanVaeDecoder | None = None,
+    vae: VaeDecoder | None = None,
 ) -> ModelPackage:
     """Export ``model`` as a package for ``target`` with ``dtype`` activations (states stay fp32).
 
@@ -369,7 +368,7 @@ def export_package(
     if model.dtype != spec.config_dtype or model.patch_embedding.weight.device.type != "cpu":
         model = copy.deepcopy(model).to("cpu", spec.config_dtype)  # export traces on the CPU; never touch the caller's
     model = model.eval()
-    if vae is not None and (vae.dtype != spec.config_dtype or vae.conv_in.weight.device.type != "cpu"):
+    if vae is not None and (vae.dtype != spec.config_dtype or next(vae.parameters()).device.type != "cpu"):
         vae = copy.deepcopy(vae).to("cpu", spec.config_dtype)
     register_onnx_schema()
     total = 2 * len(spec.graphs) + 2

@@ -8,11 +8,11 @@ Three graphs make one AR block of latents (docs/state-contract.md §1):
 * ``commit_step``: the same inputs at t = 0 -> ``present_state.{i}`` and the block's ``present_key.{i}`` /
   ``present_value.{i}``; the runtime binds present as the next past (ping-pong) or appends K/V to its cache.
 
-A model with a VAE decoder (``StateSpec(..., vae=VaeConfig)``) has two more, which turn the block's latents into video
-(docs/vae.md, docs/state-contract.md §9):
+A model with a VAE decoder (``StateSpec(..., vae=VaeConfig)`` for Wan2.1's, ``vae=TaehvConfig`` for TAEHV's) has two
+more, which turn the block's latents into video (docs/vae.md, docs/state-contract.md §9):
 
-* ``decode_first``: ``vae_latents`` -> ``first_frames`` and ``present_vae.{i}`` for every causal-conv cache i (the
-  stream's first block: no caches yet);
+* ``decode_first``: ``vae_latents`` -> ``first_frames`` and ``present_vae.{i}`` for every cache i of the decoder
+  (Wan2.1: one per causal conv; TAEHV: one per memory block), for the stream's first block (no caches yet);
 * ``decode_step``: ``vae_latents``, ``past_vae.{i}`` -> ``frames``, ``present_vae.{i}`` (every later block).
 """
 
@@ -26,8 +26,7 @@ import torch
 
 from arl2rt.errors import Arl2rtError
 from arl2rt.model.config import ModelConfig
-from arl2rt.model.vae.caches import CACHE_FRAMES, cache_specs
-from arl2rt.model.vae.config import VaeConfig
+from arl2rt.model.vae.kinds import VaeDecoderConfig, decoder_cache_specs
 
 BATCH = "batch"
 PAST_LEN = "past_len"
@@ -127,7 +126,7 @@ class StateSpec:
 
     config: ModelConfig
     dtype: str = "float32"
-    vae: VaeConfig | None = None
+    vae: VaeDecoderConfig | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
@@ -254,7 +253,7 @@ class StateSpec:
         return specs
 
     # -- the VAE decoder ------------------------------------------------------------------------------------------
-    def _vae(self) -> VaeConfig:
+    def _vae(self) -> VaeDecoderConfig:
         if self.vae is None:
             raise Arl2rtError(f"config {self.config.name!r}: this state contract has no VAE decoder (vae=None)")
         return self.vae
@@ -274,13 +273,13 @@ class StateSpec:
         return self._tensor(FIRST_FRAMES if first else FRAMES, shape, self.io_dtype)
 
     def vae_caches(self, kind: str) -> list[TensorSpec]:
-        """``past_vae.i`` or ``present_vae.i`` for every causal-conv cache i of the decoder, in step order."""
+        """``past_vae.i`` or ``present_vae.i`` for every cache i of the decoder, in step order."""
         if kind not in (PAST_VAE, PRESENT_VAE):
             raise Arl2rtError(f"VAE cache kind {kind!r}: expected {PAST_VAE!r} or {PRESENT_VAE!r}")
         c = self.config
         return [
-            self._tensor(kind, (BATCH, cache.channels, CACHE_FRAMES, h, w), self.dtype, cache.index)
-            for cache in cache_specs(self._vae(), self.dtype)
+            self._tensor(kind, (BATCH, cache.channels, cache.frames, h, w), self.dtype, cache.index)
+            for cache in decoder_cache_specs(self._vae(), self.dtype)
             for h, w in [(cache.scale * c.latent_height, cache.scale * c.latent_width)]
         ]
 

@@ -2,7 +2,8 @@
 
 The torch backend runs these very modules and the exporter traces them, so both compute the same thing. The DiT's
 three come from :func:`step_modules`; a model with a VAE decoder adds the two decode graphs (:func:`decode_modules`),
-whose caches are positional in :func:`~arl2rt.model.vae.caches.cache_specs` order, the order the StateSpec names them.
+whose caches are positional in :func:`~arl2rt.model.vae.kinds.decoder_cache_specs` order, the order the StateSpec
+names them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from arl2rt.export.state_spec import (
     StateSpec,
 )
 from arl2rt.model.dit import CausalDiT
-from arl2rt.model.vae.decoder import WanVaeDecoder
+from arl2rt.model.vae.kinds import VaeDecoder
 from arl2rt.model.vae.stream import FirstBlockDecode, SteadyBlockDecode
 
 
@@ -109,14 +110,14 @@ def step_modules(model: CausalDiT, spec: StateSpec) -> dict[str, nn.Module]:
     }
 
 
-def decode_modules(decoder: WanVaeDecoder, spec: StateSpec) -> dict[str, nn.Module]:
+def decode_modules(decoder: VaeDecoder, spec: StateSpec) -> dict[str, nn.Module]:
     """Graph name -> module for the two decode graphs: ``decode_first`` (latents -> frames and the present caches)
     and ``decode_step`` (latents and the past caches -> frames and the present caches)."""
     if spec.vae is None:
         raise Arl2rtError(f"config {spec.config.name!r}: a VAE decoder was given, but the state contract has none")
     if decoder.config != spec.vae:
         ours, theirs = spec.vae.to_dict(), decoder.config.to_dict()
-        differ = [k for k in ours if ours[k] != theirs[k]]
+        differ = sorted(k for k in {*ours, *theirs} if ours.get(k) != theirs.get(k))
         raise Arl2rtError(
             f"VAE decoder: expected the state contract's config {spec.vae.name!r}, found config "
             f"{decoder.config.name!r}, which differs in {differ}"

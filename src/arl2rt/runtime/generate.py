@@ -71,7 +71,7 @@ class GenerateOptions:
     dtype: str | None = None
     device: str | None = None
     threads: int | None = None  # CPU threads; None: runtime.threads.default_threads
-    vae: Path | None = None  # Wan2.1 VAE checkpoint: decode a PyTorch model's latents into video
+    vae: Path | None = None  # Wan2.1 VAE or TAEHV weights: decode a PyTorch model's latents into video
     text_encoder: Path | None = None  # umT5 encoder folder: --prompt for a model that takes text embeddings
     fps: int = 16
     save_session: Path | None = None

@@ -40,7 +40,7 @@ from arl2rt.errors import Arl2rtError
 from arl2rt.export.provenance import hash_tensors
 from arl2rt.files import file_record, record_digest, sha256_file
 from arl2rt.model.dit import CausalDiT
-from arl2rt.model.vae.decoder import WanVaeDecoder
+from arl2rt.model.vae.kinds import VaeDecoder
 from arl2rt.runtime.streamer import Streamer, StreamPosition
 
 FORMAT = "arl2rt-session"
@@ -53,7 +53,7 @@ CHECKSUM = "record_sha256"
 _SNAP = re.compile(r"snap-(\d{6,})")
 
 
-def module_identity(model: CausalDiT, vae: WanVaeDecoder | None = None) -> str:
+def module_identity(model: CausalDiT, vae: VaeDecoder | None = None) -> str:
     """sha256 over the config and every parameter/buffer (name, dtype, shape, bytes) of a PyTorch model, and of its
     VAE decoder if it has one (a stream resumed with another decoder would decode differently)."""
     h = hashlib.sha256(json.dumps(model.cfg.to_dict(), sort_keys=True).encode())

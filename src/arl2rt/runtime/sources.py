@@ -8,9 +8,9 @@ or the embedded model; and the record a session keeps to load the very same one 
   meaningful);
 * neither: the embedded model (:mod:`arl2rt.model.embedded`), a pixel-space model with a word vocabulary.
 
-A PyTorch model of a latent-space config takes ``--vae FILE``, a Wan2.1 VAE checkpoint (either key layout,
-:func:`arl2rt.model.vae.checkpoint.load_decoder`): the stream's blocks are then decoded to video as they are made. A
-package carries its decoder when it was exported with one.
+A PyTorch model of a latent-space config takes ``--vae FILE``, a Wan2.1 VAE checkpoint (either key layout) or a
+TAEHV one (``taew2_1.pth``), told apart by their keys (:func:`arl2rt.model.vae.kinds.load_vae`): the stream's blocks
+are then decoded to video as they are made. A package carries its decoder when it was exported with one.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class LoadedModel:
     model: CausalDiT | None = None
     package: Any | None = None  # ModelPackage
     embedded: Any | None = None  # EmbeddedModel
-    vae: Any | None = None  # WanVaeDecoder of a PyTorch model (a package's is in its graphs)
+    vae: Any | None = None  # the VAE decoder of a PyTorch model (a package's is in its graphs)
     _identity: str | None = None
 
     @property
@@ -132,15 +132,16 @@ def _load_source(source: dict[str, Any]) -> LoadedModel:
 
 
 def _decoder(source: dict[str, Any], cfg: ModelConfig):
-    """The Wan2.1 VAE decoder a source names (``vae``), checked against the DiT's latent channels; else None."""
+    """The VAE decoder a source names (``vae``: Wan2.1's or TAEHV's), checked against the DiT's latent channels;
+    else None."""
     if source.get("vae") is None:
         return None
-    from arl2rt.model.vae.checkpoint import load_decoder
-    from arl2rt.model.vae.config import WAN21_VAE
+    from arl2rt.model.vae.kinds import load_vae
 
-    if cfg.out_channels != WAN21_VAE.z_dim:
+    decoder = load_vae(Path(source["vae"]))
+    if cfg.out_channels != decoder.config.z_dim:
         raise Arl2rtError(
-            f"--vae {source['vae']}: the Wan2.1 VAE decodes {WAN21_VAE.z_dim}-channel latents; config {cfg.name} "
-            f"makes {cfg.out_channels}-channel ones"
+            f"--vae {source['vae']}: the VAE decoder {decoder.config.name!r} decodes {decoder.config.z_dim}-channel "
+            f"latents; config {cfg.name} makes {cfg.out_channels}-channel ones"
         )
-    return load_decoder(Path(source["vae"]), WAN21_VAE).eval()
+    return decoder

@@ -118,7 +118,7 @@ def test_latent_and_cache_errors(decoder):
         decode_step(decoder, latents[:, :, :0])
     with pytest.raises(Arl2rtError, match="latent size 4x8 does not match the stream's caches, made for 4x6"):
         decode_step(decoder, random_latents(1, hw=(4, 8)), past)
-    with pytest.raises(Arl2rtError, match=r"expected 32 \(one per causal conv, in step order\), found 31"):
+    with pytest.raises(Arl2rtError, match=r"expected 32 \(one per time-mixing layer, in step order\), found 31"):
         decode_step(decoder, latents, past[:-1])
     with pytest.raises(
         Arl2rtError, match=r"cache 0 \(conv_in\): expected float32 \[2, 4, 2, 4, 6\], found torch.float32 \[1,"

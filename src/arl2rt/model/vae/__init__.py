@@ -1,1 +1,2 @@
-"""The Wan2.1 VAE decoder as a streaming step whose causal-conv caches are explicit, named state (docs/vae.md)."""
+"""VAE decoders as streaming steps whose state between blocks is explicit, named tensors (docs/vae.md): the Wan2.1
+VAE decoder (its causal-conv caches) and, in ``taehv/``, TAEHV's tiny one (its memory blocks' last frames)."""

@@ -23,16 +23,18 @@ _DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.
 
 @dataclass(frozen=True)
 class VaeCacheSpec:
-    """One cache: its index, the conv (our module path) whose input it holds, channels and scale over the latent."""
+    """One cache: its index, the layer (our module path) whose input it holds, channels, scale over the latent, and
+    how many frames of that input it keeps (a causal conv of Wan2.1: 2; a TAEHV memory block: 1)."""
 
     index: int
     module: str
     channels: int
     scale: int
     dtype: str
+    frames: int = CACHE_FRAMES
 
     def shape(self, batch: int, latent_height: int, latent_width: int) -> tuple[int, int, int, int, int]:
-        return (batch, self.channels, CACHE_FRAMES, self.scale * latent_height, self.scale * latent_width)
+        return (batch, self.channels, self.frames, self.scale * latent_height, self.scale * latent_width)
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -103,7 +103,7 @@ def convert_state_dict(
     ]
     for what, items in (("missing key", missing), ("unknown key", unknown), ("shape mismatch", mismatched)):
         if items:
-            problems.append(f"{_count(len(items), what)} ({_listed(items)})")
+            problems.append(f"{count_of(len(items), what)} ({listed(items)})")
     if problems:
         raise Arl2rtError(
             f"VAE checkpoint {source} ({layout} layout) does not fit VAE config {config.name!r}: " + "; ".join(problems)
@@ -128,6 +128,18 @@ def load_decoder(
 ) -> WanVaeDecoder:
     """A decoder in eval mode with the weights of a Wan2.1 VAE checkpoint (either layout)."""
     source, tensors = read_tensors(path)
+    return decoder_from_tensors(tensors, config, source, dtype=dtype, device=device)
+
+
+def decoder_from_tensors(
+    tensors: dict[str, torch.Tensor],
+    config: VaeConfig,
+    source: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> WanVaeDecoder:
+    """:func:`load_decoder` of tensors already read (``source`` names them in errors)."""
     checkpoint = convert_state_dict(tensors, config, source)
     decoder = WanVaeDecoder(config)
     decoder.load_state_dict(checkpoint.state_dict)
@@ -139,10 +151,11 @@ def _meta_decoder(config: VaeConfig) -> WanVaeDecoder:
         return WanVaeDecoder(config)
 
 
-def _count(n: int, noun: str) -> str:
+def count_of(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}es" if noun.endswith("ch") else f"{n} {noun}s"
 
 
-def _listed(items: list[str]) -> str:
+def listed(items: list[str]) -> str:
+    """At most ``_LIST_AT_MOST`` items, then how many more: error messages stay one readable line."""
     shown = ", ".join(items[:_LIST_AT_MOST])
     return shown if len(items) <= _LIST_AT_MOST else f"{shown}, ... and {len(items) - _LIST_AT_MOST} more"

@@ -8,7 +8,8 @@ One module per format, picked by :func:`output_format` from the path:
 * ``.npz`` (:mod:`.npz`): the raw latents, one array per block; :func:`read_latents` reads the whole stream back.
 
 Video formats need RGB frames in [-1, 1], ``[1, 3, F, H, W]``: a pixel-space model's latents (the embedded model), or
-the frames the Wan2.1 VAE decoder makes of a latent-space model's blocks (``--vae``, or a package exported with one).
+the frames a VAE decoder (Wan2.1's or TAEHV's) makes of a latent-space model's blocks (``--vae``, or a package
+exported with one).
 A latent-space model without a decoder writes ``.npz`` latents; asking it for a video is an error that says so.
 
 Appending (``--resume``): each writer reports :meth:`FrameWriter.state` (format, path, frames, bytes, and the sha256

@@ -34,7 +34,7 @@ def check_video_output(fmt: str, channels: int, model: str, *, decodes: bool = F
     if fmt in VIDEO_FORMATS and channels != 3 and not decodes:
         raise Arl2rtError(
             f"output format {fmt}: model {model} makes {channels}-channel latents, expected 3 (RGB, a pixel-space "
-            "model); decode them with --vae Wan2.1_VAE.pth, or write the latents with -o out.npz"
+            "model); decode them with --vae Wan2.1_VAE.pth (or taew2_1.pth), or write the latents with -o out.npz"
         )
 
 
