@@ -1,8 +1,9 @@
 """A complete video from a prompt at Wan2.1-1.3B dims: text encode, DiT stream, streaming VAE decode, mp4 write.
 
 Random weights throughout (no pretrained weights are reachable here): the DiT (``--mix``, bf16), the full Wan2.1 VAE
-decoder (bf16 caches, frames in fp32), and a reduced-depth umT5 encoder (umT5-XXL's widths, ``--text-layers`` of its
-24 layers; the prompt's token ids are drawn at random, no tokenizer), so the times are those of the real shapes.
+decoder or TAEHV's taew2_1 (``--decoder``; bf16 caches, frames in fp32), and a reduced-depth umT5 encoder (umT5-XXL's
+widths, ``--text-layers`` of its 24 layers; the prompt's token ids are drawn at random, no tokenizer), so the times are
+those of the real shapes.
 
 Per block: the Streamer's ``next_block`` (torch backend; its step graphs replay wherever shapes repeat), the VAE's
 ``decode_step`` of the block's latent frames (caches kept on the GPU), and the fragmented-mp4 writer (frames to the
@@ -31,6 +32,8 @@ from arl2rt.model.random import random_model
 from arl2rt.model.vae.config import WAN21_VAE
 from arl2rt.model.vae.decoder import WanVaeDecoder
 from arl2rt.model.vae.stream import VaeStream
+from arl2rt.model.vae.taehv.config import TAEW2_1
+from arl2rt.model.vae.taehv.decoder import TaehvDecoder
 from arl2rt.runtime.streamer import Streamer
 from arl2rt.runtime.torch_backend import TorchBackend
 from arl2rt.runtime.video import open_writer
@@ -99,7 +102,8 @@ def run(args: argparse.Namespace) -> dict:
     log("building the DiT and the VAE decoder on the GPU")
     with torch.device(device):
         model = random_model(cfg, 0)
-        decoder = WanVaeDecoder(WAN21_VAE).to(torch.bfloat16).eval()
+        decoder = (TaehvDecoder(TAEW2_1) if args.decoder == "taehv" else WanVaeDecoder(WAN21_VAE)).to(torch.bfloat16)
+        decoder.eval()
     backend = TorchBackend(model, StateSpec(cfg, args.dtype), device).activate()
     blocks = args.latent_frames // cfg.frames_per_block
     vae = VaeStream(decoder)
@@ -125,11 +129,14 @@ def run(args: argparse.Namespace) -> dict:
         stream_s = time.perf_counter() - t_stream
         size = out.stat().st_size
     graphs = backend.graphs
+    backend_graphs_on = graphs is not None
     backend.deactivate()
     parts = {k: sum(v) for k, v in clock.parts.items()}
     return {
         "config": cfg.name,
         "mix": args.mix,
+        "decoder": args.decoder,
+        "graphs": backend_graphs_on,
         "window": args.window,
         "latent_frames": blocks * cfg.frames_per_block,
         "video_frames": frames,
@@ -160,17 +167,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=int, default=0, help="rolling window of the softmax layers (0: global cache)")
     ap.add_argument("--sinks", type=int, default=0)
     ap.add_argument("--text-layers", type=int, default=2)
+    ap.add_argument("--decoder", default="wan", choices=["wan", "taehv"], help="full Wan2.1 VAE or TAEHV taew2_1")
     ap.add_argument("--video", default="", help="keep the mp4 here (default: a temporary file)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     result = run(args)
     env = environment(torch.device("cuda"))
     args.out.mkdir(parents=True, exist_ok=True)
-    name = f"end_to_end_{args.mix}_w{args.window}.json"
+    name = f"end_to_end_{args.mix}_w{args.window}_{args.decoder}.json"
     (args.out / name).write_text(json.dumps({"environment": env, "result": result}, indent=1))
     s, pb = result["seconds"], result["per_block_ms"]
     print(
-        f"{env['device']} | {result['config']} window {args.window or 'global'} | {result['video_frames']} frames | "
+        f"{env['device']} | {result['config']} window {args.window or 'global'} | decoder {args.decoder} | graphs "
+        f"{result['graphs']} | {result['video_frames']} frames | "
         f"text {s['text']:.2f} s | DiT {s['dit']:.1f} s ({pb['dit']:.0f} ms/block) | VAE {s['vae']:.1f} s "
         f"({pb['vae']:.0f} ms/block) | write {s['write']:.1f} s ({pb['write']:.0f} ms/block) | stream total "
         f"{s['stream_total']:.1f} s | peak {result['peak_gib']:.1f} GiB | VAE caches {result['vae_cache_gib']:.2f} GiB "
