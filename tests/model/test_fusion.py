@@ -139,6 +139,16 @@ def test_attention_over_a_whole_cache_reads_only_its_valid_keys(batch, used):
     torch.testing.assert_close(lse.double(), torch.logsumexp(scores, -1).transpose(1, 2), rtol=0, atol=2e-2)
 
 
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (cuBLASLt's GELU epilogue)")
+def test_feed_forward_with_the_gelu_epilogue_matches_float64():
+    ffn = layers.FeedForward(64, 368).cuda()
+    x = _rand(2, 96, 64, seed=7).cuda()
+    with torch.no_grad():
+        ref = torch.nn.Sequential.forward(ffn.double(), x)
+        out = ffn.bfloat16()(x.bfloat16())
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-2
+
+
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_a_fused_model_step_matches_the_unfused_one(monkeypatch):
     from arl2rt.model.dit import CausalDiT

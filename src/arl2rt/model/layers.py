@@ -275,7 +275,18 @@ def merge_attention(o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Tensor, l
 
 
 class FeedForward(nn.Sequential):
-    """Linear -> GELU(tanh) -> Linear, keys ``ffn.0`` and ``ffn.2`` as in Wan."""
+    """Linear -> GELU(tanh) -> Linear, keys ``ffn.0`` and ``ffn.2`` as in Wan.
+
+    Where fusion runs (CUDA, inference) the GELU is the first GEMM's epilogue (cuBLASLt's tanh-GELU on the fp32
+    accumulator): the hidden activation, 5.8x the width, is written once instead of written, read and written again.
+    """
 
     def __init__(self, dim: int, ffn_dim: int) -> None:
         super().__init__(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not fusion_wanted(x) or x.dtype not in (torch.float16, torch.bfloat16):
+            return super().forward(x)
+        up, down = self[0], self[2]
+        hidden = torch._addmm_activation(up.bias, x.reshape(-1, x.shape[-1]), up.weight.t(), use_gelu=True)
+        return down(hidden.view(*x.shape[:-1], -1))
