@@ -224,3 +224,33 @@ def test_a_failure_after_a_compiled_call_succeeded_is_raised(monkeypatch):
     assert torch.equal(double(torch.ones(2)), torch.full((2,), 2.0))
     with pytest.raises(ValueError, match="bad input"):
         double(torch.ones(2))
+
+
+def test_a_chain_past_the_recompile_limit_runs_new_shapes_unfused(monkeypatch):
+    """A proven chain that dynamo refuses to recompile (its limit) answers with the plain body, warning once; any
+    other failure after a success is still raised."""
+    from arl2rt.model import fusion
+
+    def double(x):
+        return 2 * x
+
+    chain = fusion._Chain(double)
+    monkeypatch.setattr(fusion, "fusion_wanted", lambda x: True)
+    calls = []
+
+    def compiled(x):
+        calls.append(x.shape)
+        if len(calls) == 1:
+            return x + x
+        if len(calls) == 2:
+            raise torch._dynamo.exc.FailOnRecompileLimitHit("Hard failure due to fullgraph=True")
+        raise RuntimeError("a real failure")
+
+    chain.compiled = compiled
+    x = torch.randn(3)
+    assert torch.equal(chain(x), 2 * x) and chain.proven
+    y = torch.randn(5)
+    with pytest.warns(RuntimeWarning, match="more shapes than torch.compile keeps"):
+        assert torch.equal(chain(y), 2 * y)
+    with pytest.raises(RuntimeError, match="a real failure"):
+        chain(torch.randn(7))

@@ -42,6 +42,7 @@ class _Chain:
         self.compiled: Callable[..., torch.Tensor] | None = None
         self.proven = False  # a compiled call has succeeded
         self.unavailable = False  # the first compiled call failed: plain body from now on
+        self.over_limit = False  # dynamo's recompile limit was hit: shapes beyond it run the plain body
         functools.update_wrapper(self, fn)
 
     def __call__(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -52,6 +53,18 @@ class _Chain:
         try:
             out = self.compiled(x, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any compiler failure means: run the plain body
+            if self.proven and _recompile_limit(exc):
+                # one process meeting more shapes than dynamo keeps graphs for (several models, tests): these
+                # shapes run as written; the shapes compiled so far stay compiled
+                if not self.over_limit:
+                    self.over_limit = True
+                    warnings.warn(
+                        f"arl2rt: {self.fn.__name__} met more shapes than torch.compile keeps; running the new ones "
+                        "unfused",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                return self.fn(x, *args, **kwargs)
             if self.proven:
                 raise
             self.unavailable = True
@@ -66,10 +79,17 @@ class _Chain:
         return out
 
 
+def _recompile_limit(exc: Exception) -> bool:
+    """Dynamo refused to compile one more variant of a chain (its per-function recompile limit)."""
+    limit_hit = getattr(torch._dynamo.exc, "FailOnRecompileLimitHit", ())
+    return isinstance(exc, limit_hit) or "recompile limit" in str(exc).lower()
+
+
 def fused(fn: F) -> F:
     """Run ``fn`` compiled where :func:`fusion_wanted` holds for its first argument, else as written.
 
     If the first compiled call fails (a platform where ``torch.compile`` cannot build kernels), the chain warns once
-    and runs as written from then on; a failure after a compiled call has succeeded is re-raised.
+    and runs as written from then on; past dynamo's recompile limit, new shapes run as written (warned once); any other
+    failure after a compiled call has succeeded is re-raised.
     """
     return _Chain(fn)  # type: ignore[return-value]
