@@ -113,3 +113,17 @@ def test_first_block_and_batch_slots_take_the_exact_path(tiny_cfg):
     past_key = spec.names(PAST_KV, layer)[0]
     assert commit.feeds[past_key].shape[1] == 8 * cfg.tokens_per_frame
     assert whole_caches(spec, "commit_step", feeds, {}) is None  # no slot offered: the exact path
+
+
+def test_a_cache_beyond_the_token_limit_keeps_the_exact_form(tiny_cfg, monkeypatch):
+    from arl2rt.runtime import step_graphs
+
+    cfg = _small(tiny_cfg)
+    spec = StateSpec(cfg)
+    store = StateStore(spec, batch=1, device="cpu", max_frames=8)
+    store.set_context({s.name: torch.zeros(s.resolve(batch=1)) for s in spec.context_kv()})
+    for cache in store.caches.values():
+        cache.frames = 2
+    assert whole_caches(spec, "denoise_step", store.feeds(), {}) is not None
+    monkeypatch.setattr(step_graphs, "WHOLE_MAX_TOKENS", 8 * cfg.tokens_per_frame - 1)  # capacity: 8 frames
+    assert whole_caches(spec, "denoise_step", store.feeds(), {}) is None

@@ -15,7 +15,8 @@ caches are fed whole instead: each step reads the cache's buffers at their capac
 device tensor (``past_tokens``, staged like the per-pass inputs), attends to the valid keys only and, in the commit,
 writes the block's K/V at that offset (``CausalDiT.step``). The key then stays the same until the buffer grows
 (doubling) or the window fills, so a stream of N blocks captures O(log N) times. Those steps use other attention
-kernels than the exact-length eager path (docs/cuda-graphs.md says which and by how much they differ).
+kernels than the exact-length eager path (docs/cuda-graphs.md says which and by how much they differ), slower per key:
+caches beyond ``WHOLE_MAX_TOKENS`` keep the exact form, eagerly.
 
 All graphs share one memory pool: they never run concurrently, and the outputs a caller holds stay allocated. A
 replay's outputs (velocity, block K/V) are the graph's own tensors, overwritten by the next replay of the same
@@ -45,6 +46,12 @@ def graphs_wanted(device: torch.device) -> bool:
 
 
 _PAST_TOKENS = "past_tokens"  # the staged input of a step fed whole caches: the valid past length
+# Caches of more tokens than this keep the exact form, eager: there flash's variable-length kernel costs more than the
+# launches a graph saves. Measured on an H100 (benchmarks/results/end_to_end.md): a 256-frame (399k-token) global cache
+# fed whole made a 1005-frame ARL2-75 % stream's DiT 16 % slower (83.0 s against 71.4 s eager). Estimated break-even
+# at Wan dims: ~150k tokens (146 ms of launches saved per block against flash at ~0.7x cuDNN's rate over 40
+# layer-passes); 65,536 (42 latent frames at 480x832) keeps a Self-Forcing 21-frame window and short caches.
+WHOLE_MAX_TOKENS = 65_536
 
 
 @dataclass
@@ -90,7 +97,7 @@ def whole_caches(spec: StateSpec, graph: str, feeds: dict, out: dict) -> _WholeC
     for i in layers:
         for past, present in zip(spec.names(PAST_KV, i), spec.names(PRESENT_KV, i)):
             buffer = whole_buffer(feeds[past])
-            if buffer is None:
+            if buffer is None or buffer.shape[1] > WHOLE_MAX_TOKENS:
                 return None
             whole_feeds[past] = buffer
             if graph == "commit_step":
