@@ -87,10 +87,11 @@ def test_tensorrt_graph_has_exact_plugin_nodes_and_computes_the_same(micro_model
 
 
 def test_contrib_form_needs_no_opset_27_and_is_refused_by_the_standard_target(micro_graphs):
-    """com.microsoft::LinearAttention keeps the export's opset 18; the onnxruntime target's check refuses it."""
+    """com.microsoft::LinearAttention runs at any opset (the default is 23, for Attention; onnxruntime loads it
+    without its opset flag); the onnxruntime target's check refuses it."""
     spec = StateSpec(MICRO)
     model = micro_graphs["commit_step"]
-    apply_target(model, spec, "commit_step", "onnxruntime-contrib")
+    apply_target(model, spec, "commit_step", "onnxruntime-contrib", opset=18)
     proto = to_proto(model)
     assert {o.domain: o.version for o in proto.opset_import} == {"": 18, "com.microsoft": 1}
     nodes = [n for n in proto.graph.node if n.domain]
@@ -103,7 +104,7 @@ def test_contrib_form_needs_no_opset_27_and_is_refused_by_the_standard_target(mi
 
 def test_opsets_outside_a_targets_range_are_refused():
     assert get_target("onnxruntime").resolve_opset(None) == 27
-    assert get_target("onnxruntime-contrib").resolve_opset(None) == 18
+    assert get_target("onnxruntime-contrib").resolve_opset(None) == 23
     with pytest.raises(Arl2rtError, match=r"target onnxruntime: opset 18 not supported; expected 27..28"):
         get_target("onnxruntime").resolve_opset(18)
     with pytest.raises(Arl2rtError, match=r"target tensorrt: opset 23 not supported; expected 18..21"):
@@ -138,3 +139,28 @@ def test_16_bit_activations_give_valid_graphs_with_float32_states(micro_exports,
         g = g.astype(np.float64).ravel()
         assert np.isfinite(g).all()
         assert g @ w.ravel() / (np.linalg.norm(g) * np.linalg.norm(w)) >= 0.999
+
+
+@pytest.mark.parametrize("target", ["onnxruntime-contrib", "onnxruntime"])
+@pytest.mark.parametrize("graph", ["denoise_step", "commit_step"])
+def test_softmax_attention_becomes_the_attention_op_and_computes_the_same(micro_exports, micro_model, target, graph):
+    """Every decomposed attention (one Softmax each: intra-block, over the past, text cross-attention; the commit's
+    last layer is pruned, its output unused) becomes one Attention node, and onnxruntime == torch."""
+    spec = StateSpec(MICRO)
+    softmaxes = op_types(micro_exports.graphs()[graph]).count("Softmax")
+    model = micro_exports.graphs()[graph]
+    counts = apply_target(model, spec, graph, target)
+    ops = op_types(model)
+    assert softmaxes >= 2 and counts["SdpaToAttentionPass"] == ops.count("Attention") == softmaxes
+    assert "Softmax" not in ops
+    feeds = _feeds(spec, graph, PAST_LENS[1], seed=9)
+    got = run_ort(model, {k: v.numpy() for k, v in feeds.items()})
+    for g, w in zip(got, _torch_outputs(micro_model, spec, graph, feeds)):
+        assert rel_err(g, w) < 1e-5
+
+
+def test_below_opset_23_attention_keeps_its_decomposition(micro_exports):
+    spec = StateSpec(MICRO)
+    low = micro_exports.graphs()["denoise_step"]
+    assert apply_target(low, spec, "denoise_step", "onnxruntime-contrib", opset=18)["SdpaToAttentionPass"] == 0
+    assert "Attention" not in op_types(low) and "Softmax" in op_types(low)

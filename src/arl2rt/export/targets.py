@@ -3,7 +3,10 @@
 | target        | the GDN write becomes                                          | opset: default, allowed |
 |---------------|----------------------------------------------------------------|-------------------------|
 | `onnxruntime` | standard ``LinearAttention`` (``update_rule="gated_delta"``)   | 27, 27..28              |
-| `onnxruntime-contrib` | onnxruntime's ``com.microsoft::LinearAttention`` (same op)  | 18, 18..28        |
+| `onnxruntime-contrib` | onnxruntime's ``com.microsoft::LinearAttention`` (same op)  | 23, 18..28        |
+
+Both onnxruntime targets turn softmax attention into the standard ``Attention`` op at opset >= 23
+(:mod:`.passes.sdpa_to_attention`).
 | `tensorrt`    | our plugins' nodes: AOT stages (default) or the JIT node       | 18, 18..21              |
 | `portable`    | standard ops only (chunked, no loop)                           | 18, 18..21              |
 
@@ -36,6 +39,7 @@ from arl2rt.export.passes.gdn_to_linear_attention import (
 from arl2rt.export.passes.gdn_to_plugin import GdnToPluginPass
 from arl2rt.export.passes.legalize_types import LegalizeTypesPass
 from arl2rt.export.passes.raise_opset import RaiseOpsetPass
+from arl2rt.export.passes.sdpa_to_attention import ATTENTION_OPSET, SdpaToAttentionPass
 from arl2rt.export.passes.state_io import StateIOPass
 from arl2rt.export.state_spec import StateSpec
 from arl2rt.plugins.gdn.plugin_spec import AOT_STAGE_PLUGINS, GDN_PLUGIN, PluginSpec
@@ -103,16 +107,17 @@ TARGETS: dict[str, Target] = {
         LINEAR_ATTENTION_OPSET,
         MAX_ONNX_OPSET,
         LINEAR_ATTENTION_OPSET,
-        lambda mode: [GdnToLinearAttentionPass()],
+        lambda mode: [GdnToLinearAttentionPass(), SdpaToAttentionPass()],
         lambda opset, mode: CheckOpsPass("onnxruntime", max_opset=opset),
     ),
     "onnxruntime-contrib": Target(
         "onnxruntime-contrib",
-        "GDN write as onnxruntime's contrib LinearAttention (com.microsoft); onnxruntime's CPU and CUDA EPs",
-        EXPORT_OPSET,
+        "GDN write as onnxruntime's contrib LinearAttention (com.microsoft), softmax attention as Attention (opset "
+        "23); onnxruntime's CPU and CUDA EPs",
+        ATTENTION_OPSET,
         MAX_ONNX_OPSET,
         EXPORT_OPSET,
-        lambda mode: [GdnToLinearAttentionPass(domain=CONTRIB_DOMAIN)],
+        lambda mode: [GdnToLinearAttentionPass(domain=CONTRIB_DOMAIN), SdpaToAttentionPass()],
         lambda opset, mode: CheckOpsPass("onnxruntime-contrib", max_opset=opset, runtime_ops=ORT_CONTRIB_OPS),
         runtime_ops=ORT_CONTRIB_OPS,
     ),
