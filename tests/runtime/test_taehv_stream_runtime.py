@@ -13,32 +13,24 @@ from arl2rt.runtime import session as sessions
 from arl2rt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from arl2rt.runtime.streamer import Streamer
 from arl2rt.runtime.torch_backend import TorchBackend
-from model.vae.vae_helpers import peak_relative
+from model.vae.vae_helpers import peak_relative, stream_with_frames
 
 META = {"model": {"identity": "abc", "description": "micro + taehv", "config": {}}, "dtype": "float32", "batch": 1}
 
 
-def _stream(backend, blocks: int, context, seed: int = 4) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    s = Streamer(backend, seed=seed)
-    s.start(context)
-    latents, frames = [], []
-    for x0 in s.stream(blocks):
-        latents.append(x0)
-        frames.append(s.last_frames)
-    return latents, frames
+def _backend(kind: str, exports):
+    if kind == "torch":
+        return TorchBackend(exports.model, exports.spec(), vae=exports.decoder)
+    return OnnxRuntimeBackend(exports.package())
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 def test_each_block_is_decoded_as_the_whole_stream_of_latents_would_be(backend, micro_taehv_exports):
     exports = micro_taehv_exports
     context = random_context(exports.model.cfg, seed=3)
-    be = (
-        TorchBackend(exports.model, exports.spec(), vae=exports.decoder)
-        if backend == "torch"
-        else OnnxRuntimeBackend(exports.package())
-    )
+    be = _backend(backend, exports)
     with be:
-        latents, frames = _stream(be, 4, context)
+        latents, frames = stream_with_frames(be, 4, context)
         one = Streamer(be, seed=0)
         one.start(context)
         one.next_block()
@@ -57,13 +49,9 @@ def test_each_block_is_decoded_as_the_whole_stream_of_latents_would_be(backend, 
 def test_a_resumed_stream_with_taehv_is_bit_identical(backend, tmp_path, micro_taehv_exports):
     exports = micro_taehv_exports
     context = random_context(exports.model.cfg, seed=3)
-    be = (
-        TorchBackend(exports.model, exports.spec(), vae=exports.decoder)
-        if backend == "torch"
-        else OnnxRuntimeBackend(exports.package())
-    )
+    be = _backend(backend, exports)
     with be:
-        _, one_go = _stream(be, 4, context, seed=7)
+        _, one_go = stream_with_frames(be, 4, context, seed=7)
         first = Streamer(be, seed=7)
         first.start(context)
         head = [first.last_frames.clone() for _ in first.stream(2)]

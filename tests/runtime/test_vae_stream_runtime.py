@@ -20,7 +20,7 @@ from arl2rt.runtime.onnxruntime_backend import OnnxRuntimeBackend
 from arl2rt.runtime.streamer import Streamer
 from arl2rt.runtime.torch_backend import TorchBackend
 from micro_vae_packages import VAE
-from model.vae.vae_helpers import random_decoder
+from model.vae.vae_helpers import random_decoder, stream_with_frames
 
 META = {"model": {"identity": "abc", "description": "micro + vae", "config": {}}, "dtype": "float32", "batch": 1}
 
@@ -31,26 +31,17 @@ def torch_backend(micro_vae_exports):
         yield be
 
 
-def _stream(backend, blocks: int, context, seed: int = 4) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    s = Streamer(backend, seed=seed)
-    s.start(context)
-    latents, frames = [], []
-    for x0 in s.stream(blocks):
-        latents.append(x0)
-        frames.append(s.last_frames)
-    return latents, frames
-
-
 def test_each_block_is_decoded_as_the_whole_stream_of_latents_would_be(torch_backend, micro_vae_exports):
     """Streamed DiT + VAE == the DiT's latents decoded afterwards block by block (the same modules: exact)."""
     context = random_context(micro_vae_exports.model.cfg, seed=3)
-    latents, frames = _stream(torch_backend, 4, context)
+    latents, frames = stream_with_frames(torch_backend, 4, context)
     assert [f.shape[2] for f in frames] == [5, 8, 8, 8]  # 4F - 3 for the first block, then 4F
     cfg = micro_vae_exports.model.cfg
     decoded = decode_in_blocks(micro_vae_exports.decoder, torch.cat(latents, dim=2), cfg.frames_per_block)
     assert torch.equal(torch.cat(frames, dim=2), decoded)
 
-    again, frames_again = _stream(torch_backend, 2, context)  # start() empties the caches: the same first blocks
+    # start() empties the caches: the same first blocks
+    again, frames_again = stream_with_frames(torch_backend, 2, context)
     assert torch.equal(frames_again[0], frames[0]) and torch.equal(frames_again[1], frames[1])
 
 
@@ -72,7 +63,7 @@ def test_a_resumed_stream_with_the_vae_is_bit_identical(backend, tmp_path, micro
     context = random_context(micro_vae_exports.model.cfg, seed=3)
     be = torch_backend if backend == "torch" else OnnxRuntimeBackend(micro_vae_exports.package()).activate()
     try:
-        _, one_go = _stream(be, 5, context, seed=7)
+        _, one_go = stream_with_frames(be, 5, context, seed=7)
         first = Streamer(be, seed=7)
         first.start(context)
         head = []

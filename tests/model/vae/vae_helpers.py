@@ -41,3 +41,16 @@ def random_decoder(seed: int = 0) -> WanVaeDecoder:
 
 def peak_relative(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got.double() - want.double()).abs().max() / want.double().abs().max()).item()
+
+
+def stream_with_frames(backend, blocks: int, context, seed: int = 4) -> tuple[list, list]:
+    """A fresh stream of ``blocks`` on ``backend``: each block's latents and the video its decode made."""
+    from arl2rt.runtime.streamer import Streamer
+
+    s = Streamer(backend, seed=seed)
+    s.start(context)
+    latents, frames = [], []
+    for x0 in s.stream(blocks):
+        latents.append(x0)
+        frames.append(s.last_frames)
+    return latents, frames
