@@ -12,7 +12,10 @@ Plan (run from the repository root; ``W`` stands for the wheel's file name)::
     echo /.whl/ >> "$(git rev-parse --git-path info/exclude)"
     pip download onnxruntime-gpu==1.31.1 --no-deps --only-binary=:all: --implementation cp --python-version 3.12 \
         --abi cp312 --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64 -d .whl
-    python tools/stage_wheel.py split .whl/W --out .whl/parts     # part size: what the 64 MiB leaves beside the tree
+    # for one GPU architecture, blank the others' device code first (tools/slim_wheel.py: 256 MB -> 70 MB for sm_90,
+    # two parts instead of six), then split the slim wheel:
+    python tools/slim_wheel.py .whl/W --keep-sm 90 --out .whl/slim
+    python tools/stage_wheel.py split .whl/slim/W --out .whl/parts   # part size: what the 64 MiB leaves beside the tree
 
     # on the device, N calls back to back (each within the warm machine's idle window, status's idle_release_s),
     # call k carrying part k-1 beside the manifest and doing the session's useful work after a status line:
