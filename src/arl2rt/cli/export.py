@@ -54,7 +54,11 @@ def export(
         Path | None, typer.Option(help="Weights for --config (any kind `arl2rt convert` reads).")
     ] = None,
     target: Annotated[
-        str, typer.Option(help="onnxruntime (LinearAttention op), tensorrt (plugin node) or portable (standard ops).")
+        str,
+        typer.Option(
+            help="onnxruntime (standard LinearAttention op), onnxruntime-contrib (com.microsoft::LinearAttention, "
+            "runs on the CUDA EP), tensorrt (plugin node) or portable (standard ops)."
+        ),
     ] = DEFAULT_TARGET,
     dtype: Annotated[
         str, typer.Option(help="Activations: float32, float16 or bfloat16 (GDN states, gates and norms stay fp32).")
