@@ -27,7 +27,7 @@ Plan (run from the repository root; ``W`` stands for the wheel's file name)::
     # GPU build wins over the image's CPU onnxruntime (keep that PYTHONPATH on later calls to the same warm machine):
     python tools/stage_wheel.py join .whl/parts --manifest W.manifest.json \
       && python tools/stage_wheel.py install .whl/parts/W --target .whl/site \
-      && PYTHONPATH=.whl/site:src python -m arl2rt.cli.main doctor
+      && PYTHONPATH=.whl/site:src python -m arl2rt doctor
 
 With ``--part-mib 60`` (what 64 MiB would allow without the tree) the wheel is ceil(256/60) = 5 parts, but the tree
 itself takes ~18 MiB of the 64, so ``split`` by default sizes parts to fit beside it (~44 MiB: 6 parts, 6 calls) and

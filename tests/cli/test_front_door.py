@@ -190,3 +190,13 @@ def test_a_run_that_works_prints_its_summary_on_stdout(config, tmp_path):
     assert res.exit_code == 0, res.output
     assert res.stdout.startswith(f"wrote {tmp_path / 'o.npz'} [npz]: 2 frames in 1 blocks")
     assert Path(tmp_path / "o.npz").stat().st_size > 0
+
+
+def test_python_dash_m_arl2rt_runs_the_cli():
+    """``python -m arl2rt`` is the CLI (a machine without the script on PATH, e.g. a PYTHONPATH install)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "arl2rt", "doctor", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Usage: python -m arl2rt doctor" in done.stdout

@@ -77,6 +77,8 @@ def resolve_device(device: torch.device | str) -> torch.device:
         )
     if device.type not in ("cpu", "cuda"):
         raise Arl2rtError(f"device {device}: the onnxruntime backend runs on 'cpu' or 'cuda'")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # tensors report cuda:N: compare like with like
     return device
 
 
@@ -119,6 +121,8 @@ class OnnxRuntimeBackend(Backend):
             # onnxruntime enqueues on torch's stream: no synchronisation between torch's work and a step
             stream = (self._stream or torch.cuda.current_stream(torch.device("cuda", index))).cuda_stream
             options = {"device_id": index, "has_user_compute_stream": "1", "user_compute_stream": str(stream)}
+            # fp32 packages compute in fp32: the CUDA EP would otherwise run fp32 GEMMs and convs as TF32
+            options["use_tf32"] = "0"
             # the CUDA EP alone: onnxruntime would hand shape arithmetic (Slice, Concat, Gather) to a CPU EP listed
             # beside it; without one (and with CPU fallback off) every node runs on the device
             return [(CUDA_EP, options)]
