@@ -64,19 +64,21 @@ def graphs_env(on: bool):
             os.environ["ARL2RT_GRAPHS"] = old
 
 
-def generate_block_times(cfg, model, blocks: int, dtype: str, tmp: Path, graphs: bool) -> dict:
-    """Per-block seconds of one ``run_generate`` call on ``model`` (prebuilt), and its CUDA peak."""
+def generate_block_times(cfg, model, blocks: int, dtype: str, tmp: Path, graphs: bool, fp8: bool = False) -> dict:
+    """Per-block seconds of one ``run_generate`` call on ``model`` (prebuilt), and its CUDA peak. The latents go to
+    ``tmp/out-graphs|eager[-fp8].npz`` (``fp8`` quantizes ``model`` in place: run it last)."""
     config_path = tmp / f"{cfg.name.replace(':', '_')}.json"
     config_path.write_text(json.dumps(cfg.to_dict()))
     marks: list[float] = []
     opts = GenerateOptions(
-        output=tmp / f"out-{graphs}.npz",
+        output=tmp / f"out-{'graphs' if graphs else 'eager'}{'-fp8' if fp8 else ''}.npz",
         config=str(config_path),
         backend="torch",
         blocks=blocks,
         dtype=dtype,
         device="cuda",
         overwrite=True,
+        fp8=fp8,
     )
     torch.cuda.reset_peak_memory_stats()
     with graphs_env(graphs), mock.patch.object(sources, "random_model", lambda c, seed=0: model):
@@ -120,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steady", type=int, default=4, help="last N blocks of a run make its median")
     ap.add_argument("--replays", type=int, default=10)
     ap.add_argument("--mixes", default=",".join(MIXES))
+    ap.add_argument("--fp8", action="store_true", help="also generate with --fp8 and report its drift from bf16")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     base = replace(PRESETS[args.config], attn_window_frames=args.window, sink_frames=0)
@@ -141,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{mix}: benchmark graph")
             row["benchmark_graph"] = benchmark_graph_time(cfg, model, args.dtype, args.window, args.replays)
             row["floor_ms"] = ss_plan.floor_ms(replace(cfg, attn_window_frames=-1), args.window)
+            if args.fp8:
+                log(f"{mix}: generate, graphs, fp8")
+                row["generate_graphs_fp8"] = generate_block_times(
+                    cfg, model, args.blocks, args.dtype, Path(tmp), True, fp8=True
+                )
+                row["fp8_drift"] = drift(Path(tmp) / "out-graphs.npz", Path(tmp) / "out-graphs-fp8.npz")
             rows.append(row)
             del model
             workload.free(device)
@@ -149,6 +158,21 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "generate_speed.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
     print(table(rows, args.steady, env))
     return 0
+
+
+def drift(reference: Path, candidate: Path) -> dict:
+    """Per-block cosine and peak-relative error of the candidate stream's latents (``.npz``, one array per block)
+    against the reference's."""
+    import numpy as np
+
+    per_block, finite = [], True
+    with np.load(reference) as a, np.load(candidate) as b:
+        for name in sorted(a.files):
+            r, g = torch.from_numpy(a[name]).double(), torch.from_numpy(b[name]).double()
+            finite = finite and bool(g.isfinite().all())
+            cos = torch.nn.functional.cosine_similarity(r.flatten(), g.flatten(), dim=0).item()
+            per_block.append({"cosine": cos, "peak_rel": ((r - g).abs().max() / r.abs().max()).item()})
+    return {"blocks": per_block, "min_cosine": min(x["cosine"] for x in per_block), "finite": finite}
 
 
 def table(rows: list[dict], steady: int, env: dict) -> str:
@@ -171,6 +195,16 @@ def table(rows: list[dict], steady: int, env: dict) -> str:
             f"| {r['mix']} | {g:.1f} | {e:.1f} | {b:.1f} ({r['benchmark_graph']['how']}) | {g / b:.3f} "
             f"| {r['floor_ms']:.0f} | {g / r['floor_ms']:.2f} | {peak:.2f} |"
         )
+    for r in rows:
+        if "generate_graphs_fp8" in r:
+            g = med(r["generate_graphs"]["per_block_s"][-steady:])
+            f = med(r["generate_graphs_fp8"]["per_block_s"][-steady:])
+            d = r["fp8_drift"]
+            lines.append(
+                f"fp8 {r['mix']}: generate, graphs {f:.1f} ms vs bf16 {g:.1f} ms ({g / f:.2f}x), floor ratio "
+                f"{f / r['floor_ms']:.2f}; latents vs bf16 over {len(d['blocks'])} blocks: min cosine "
+                f"{d['min_cosine']:.5f}, finite {d['finite']}"
+            )
     return "\n".join(lines)
 
 

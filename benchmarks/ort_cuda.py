@@ -94,13 +94,15 @@ def graph_placement(package: ModelPackage) -> dict:
 
 
 def parity(package: ModelPackage, blocks: int) -> dict:
-    cmd = [sys.executable, "-m", "arl2rt.cli.main", "parity", "--backend", "onnxruntime", "--device", "cuda"]
+    cmd = [sys.executable, "-m", "arl2rt", "parity", "--backend", "onnxruntime", "--device", "cuda"]
     cmd += ["--package", str(package.root), "--blocks", str(blocks), "--json"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     try:
         report = json.loads(done.stdout)
     except json.JSONDecodeError:
         report = None
+    if report is None and done.returncode == 0:  # no report is no parity, whatever the exit status says
+        return {"rc": done.returncode, "report": None, "error": "parity printed no JSON report", "stdout": done.stdout}
     return {"rc": done.returncode, "report": report, "stderr": done.stderr[-2000:]}
 
 
@@ -243,7 +245,15 @@ def table(result: dict, steady: int) -> str:
             where = "; ".join(row["off_device"]) if row["off_device"] else "all on CUDA EP, no copies"
             lines.append(f"placement {form} {graph}: {where} | no-CPU-fallback session: {row['no_cpu_fallback']}")
     for name, entry in result.get("parity", {}).items():
-        lines.append(f"parity {name}: rc {entry['rc']}")
+        report = entry.get("report")
+        if report is None:
+            lines.append(f"parity {name}: NOT RUN ({entry.get('error') or 'rc ' + str(entry['rc'])})")
+            continue
+        drift = report["summary"]["drift"]
+        lines.append(
+            f"parity {name}: passed {report['passed']}, drift peak-rel {drift['peak_rel']:.2e}, "
+            f"min cosine {drift['min_cosine']:.6f} ({report['candidate']})"
+        )
     lines += [
         "",
         "| mix | onnxruntime CUDA eager ms | onnxruntime CUDA graphs ms | torch graphs ms | torch eager ms "

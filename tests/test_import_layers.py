@@ -32,6 +32,7 @@ PACKAGE = "arl2rt"
 SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = {
     "errors": 0, "files": 0, "plugins": 1, "model": 2, "export": 3, "runtime": 4, "parity": 5, "serve": 6, "cli": 7,
+    "__main__": 7,  # `python -m arl2rt`: the CLI
 }  # fmt: skip
 LAYER_NAMES = {
     0: "errors/files", 1: "plugins", 2: "model", 3: "export", 4: "runtime", 5: "parity", 6: "serve", 7: "cli",

@@ -200,3 +200,12 @@ def test_python_dash_m_arl2rt_runs_the_cli():
     done = subprocess.run([sys.executable, "-m", "arl2rt", "doctor", "--help"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "Usage: python -m arl2rt doctor" in done.stdout
+
+
+def test_fp8_on_a_package_backend_is_named(micro_exports, user_files):
+    package = micro_exports.package("onnxruntime").root
+    _refused(["--model", str(package), "--fp8"], user_files, "--fp8: backend onnxruntime", "torch backend's")
+
+
+def test_fp8_at_float32_is_named(config, user_files):
+    _refused(["--config", config, "--fp8"], user_files, "--fp8: needs --dtype bfloat16 or float16", "found float32")

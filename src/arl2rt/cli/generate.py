@@ -130,6 +130,14 @@ def generate(
     ] = None,
     device: Annotated[str | None, typer.Option(help=_DEVICE_HELP)] = None,
     threads: Annotated[int | None, typer.Option(help=_THREADS_HELP)] = None,
+    fp8: Annotated[
+        bool,
+        typer.Option(
+            "--fp8",
+            help="torch backend, bfloat16/float16 on an sm_89+ GPU: the DiT blocks' GEMMs in FP8 (E4M3, row scales); "
+            "halves their weights' memory, not yet faster (benchmarks/results/generate_speed.md).",
+        ),
+    ] = False,
     fps: Annotated[int, typer.Option(min=1, help="Frame rate of video outputs.")] = 16,
     save_session: Annotated[
         Path | None, typer.Option(help="Snapshot the stream into this directory every --save-every blocks.")
@@ -158,6 +166,7 @@ def generate(
             "--model": model, "--config": config, "--checkpoint": checkpoint, "--vae": vae,
             "--text-encoder": text_encoder, "--backend": backend, "--flavour": flavour, "--dtype": dtype,
             "--device": device, "--threads": threads, "--save-session": save_session, "--resume": resume,
+            "--fp8": fp8 or None,
         }  # fmt: skip
         _remote(
             RemoteOptions(
@@ -171,7 +180,7 @@ def generate(
     opts = lib.GenerateOptions(
         output=output, model=model, config=config, checkpoint=checkpoint, backend=backend, flavour=flavour,
         prompt=prompt, context=context, frames=frames, blocks=blocks, seed=seed, dtype=dtype, device=device,
-        threads=threads, fps=fps, vae=vae, text_encoder=text_encoder,
+        threads=threads, fps=fps, vae=vae, text_encoder=text_encoder, fp8=fp8,
         save_session=save_session, save_every=save_every, resume=resume, overwrite=overwrite,
     )  # fmt: skip
     with progress("blocks") as update:

@@ -21,7 +21,15 @@ from arl2rt.errors import Arl2rtError
 from arl2rt.model.attention import CrossAttention, HybridSelfAttention, SoftmaxSelfAttention
 from arl2rt.model.config import ModelConfig
 from arl2rt.model.fusion import fused
-from arl2rt.model.layers import FeedForward, LayerNorm, RopeTables, accum_dtype, layer_norm, sinusoidal_embedding
+from arl2rt.model.layers import (
+    FeedForward,
+    LayerNorm,
+    RopeTables,
+    accum_dtype,
+    layer_norm,
+    patch_embed,
+    sinusoidal_embedding,
+)
 
 
 @dataclass
@@ -179,7 +187,7 @@ class CausalDiT(nn.Module):
                 f"frame offset {frame_offset} + {f} frames exceeds the {cfg.rope_max_positions}-position RoPE table"
             )
         pt, ph, pw = cfg.patch_size
-        tokens = self.patch_embedding(x.to(self.dtype)).flatten(2).transpose(1, 2)  # [B, F*h*w, dim] (f, h, w) order
+        tokens = patch_embed(self.patch_embedding, x.to(self.dtype))  # [B, F*h*w, dim] (f, h, w) order
         acc = accum_dtype(self.dtype)
         e = self.time_embedding(sinusoidal_embedding(t.to(acc), cfg.freq_dim).to(self.dtype)).to(acc)  # [B, F, dim]
         e0 = self.time_projection(e.to(self.dtype)).to(acc).unflatten(-1, (6, cfg.dim))  # [B, F, 6, dim]

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arl2rt.errors import Arl2rtError
 from arl2rt.model.fusion import fused, fusion_wanted
 
 
@@ -274,6 +275,24 @@ def merge_attention(o_a: torch.Tensor, lse_a: torch.Tensor, o_b: torch.Tensor, l
     return ((o_a.to(dt) * w_a + o_b.to(dt) * w_b) / (w_a + w_b)).to(o_a.dtype)
 
 
+def patch_embed(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """Tokens ``[B, F'*H'*W', dim]`` in (frame, row, col) order of a patchifying Conv3d (stride = kernel, no padding)
+    applied to ``x`` ``[B, C, F, H, W]``: the same sums as one GEMM over the patches.
+
+    Exported graphs then hold two 6-D Transposes and a MatMul instead of a 3-D Conv, which onnxruntime's CUDA EP ran
+    at 3 ms per pass in bf16 for a 0.9 GFLOP patch embedding (benchmarks/results/ort_cuda.md)."""
+    (pt, ph, pw), dim = conv.kernel_size, conv.out_channels
+    b, c, f, h, w = x.shape
+    if f % pt or h % ph or w % pw:
+        raise Arl2rtError(
+            f"latents {list(x.shape)}: expected frames, height and width that are multiples of the patch {pt, ph, pw}"
+        )
+    fp, hp, wp = f // pt, h // ph, w // pw
+    x = x.reshape(b, c * f, hp, ph, wp, pw).permute(0, 1, 2, 4, 3, 5)  # [B, C*F, H', W', ph, pw]
+    x = x.reshape(b, c, fp, pt, hp * wp, ph * pw).permute(0, 2, 4, 1, 3, 5)  # [B, F', H'W', C, pt, ph*pw]
+    return F.linear(x.reshape(b, fp * hp * wp, c * pt * ph * pw), conv.weight.reshape(dim, -1), conv.bias)
+
+
 class FeedForward(nn.Sequential):
     """Linear -> GELU(tanh) -> Linear, keys ``ffn.0`` and ``ffn.2`` as in Wan.
 
@@ -285,8 +304,8 @@ class FeedForward(nn.Sequential):
         super().__init__(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not fusion_wanted(x) or x.dtype not in (torch.float16, torch.bfloat16):
-            return super().forward(x)
         up, down = self[0], self[2]
+        if not fusion_wanted(x) or x.dtype not in (torch.float16, torch.bfloat16) or not isinstance(up, nn.Linear):
+            return super().forward(x)  # (FP8 layers apply the GELU in the second layer's input quantization)
         hidden = torch._addmm_activation(up.bias, x.reshape(-1, x.shape[-1]), up.weight.t(), use_gelu=True)
         return down(hidden.view(*x.shape[:-1], -1))

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from arl2rt.errors import Arl2rtError
 from arl2rt.model.attention import gated_sum
 from arl2rt.model.dit import CausalDiT, DiTBlock, gated_add, norm_modulate
-from arl2rt.model.layers import accum_dtype, attention, sinusoidal_embedding
+from arl2rt.model.layers import accum_dtype, attention, patch_embed, sinusoidal_embedding
 from arl2rt.plugins.gdn.naive import naive_block_read, naive_chunk_gated_delta_rule_state
 
 
@@ -103,7 +103,7 @@ def _forward(model, clean, t_clean, noisy, t_noisy, context_kv, frame_offset):
     b, _, frames, hh, ww = clean.shape
     acc = accum_dtype(model.dtype)
     # Tokens of each half in (frame, row, col) order, halves one after the other; noisy frame f shares f's position.
-    tokens = torch.cat([model.patch_embedding(h.to(model.dtype)).flatten(2).transpose(1, 2) for h in halves], dim=1)
+    tokens = torch.cat([patch_embed(model.patch_embedding, h.to(model.dtype)) for h in halves], dim=1)
     t_all = torch.cat([t_clean] if noisy is None else [t_clean, t_noisy], dim=1)
     e = model.time_embedding(sinusoidal_embedding(t_all.to(acc), cfg.freq_dim).to(model.dtype)).to(acc)
     e0 = model.time_projection(e.to(model.dtype)).to(acc).unflatten(-1, (6, cfg.dim))

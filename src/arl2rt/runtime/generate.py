@@ -73,6 +73,7 @@ class GenerateOptions:
     threads: int | None = None  # CPU threads; None: runtime.threads.default_threads
     vae: Path | None = None  # Wan2.1 VAE or TAEHV weights: decode a PyTorch model's latents into video
     text_encoder: Path | None = None  # umT5 encoder folder: --prompt for a model that takes text embeddings
+    fp8: bool = False  # torch backend: the DiT blocks' GEMMs in E4M3 (arl2rt.model.fp8)
     fps: int = 16
     save_session: Path | None = None
     save_every: int = DEFAULT_SAVE_EVERY
@@ -214,6 +215,13 @@ def plan_generate(opts: GenerateOptions) -> Plan:
         takes = f"one of {list(flavours)}" if flavours else "none (a flavour is a TensorRT library: --backend tensorrt)"
         raise Arl2rtError(f"--flavour {opts.flavour}: backend {backend} takes {takes}")
     dtype = opts.dtype or recorded("dtype") or (loaded.package.spec.dtype if loaded.package is not None else "float32")
+    if opts.fp8:
+        if backend != "torch":
+            raise Arl2rtError(
+                f"--fp8: backend {backend} runs the package's own precision; FP8 layers are the torch backend's"
+            )
+        if dtype not in ("bfloat16", "float16"):
+            raise Arl2rtError(f"--fp8: needs --dtype bfloat16 or float16 (scaled_mm's outputs); found {dtype}")
     if loaded.package is not None and dtype != loaded.package.spec.dtype:
         raise Arl2rtError(
             f"--dtype {dtype}: package {loaded.source['path']} was exported at {loaded.package.spec.dtype}"
@@ -265,7 +273,7 @@ def plan_generate(opts: GenerateOptions) -> Plan:
         if record.backend != backend:
             notes.append(f"resumed on {backend}, the session ran on {record.backend}: not bit-identical")
 
-    backend_options: dict[str, Any] = {}
+    backend_options: dict[str, Any] = {"fp8": True} if opts.fp8 else {}
     if backend == "tensorrt":  # engines for exactly this stream: found in the cache, else built before block 1
         max_frames = stream_max_frames(cfg, target)
         backend_options = {"flavour": opts.flavour or DEFAULT_FLAVOUR, "max_frames": max_frames, "max_batch": batch}

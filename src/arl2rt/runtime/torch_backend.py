@@ -12,6 +12,7 @@ from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import PRESENT_KV, StateSpec
 from arl2rt.export.steps import decode_modules, step_modules
 from arl2rt.model.dit import CausalDiT
+from arl2rt.model.fp8 import check_fp8_device, quantize_linears
 from arl2rt.model.vae.decoder import WanVaeDecoder
 from arl2rt.runtime.backend import Backend
 from arl2rt.runtime.step_graphs import StepGraphs, graphs_wanted
@@ -27,9 +28,17 @@ class TorchBackend(Backend):
         device: torch.device | str = "cpu",
         *,
         vae: WanVaeDecoder | Callable[[], WanVaeDecoder] | None = None,
+        fp8: bool = False,
     ) -> None:
-        """``vae``: the decoder (or a function building it) of a spec with a VAE; it is cast to the spec's dtype."""
+        """``vae``: the decoder (or a function building it) of a spec with a VAE; it is cast to the spec's dtype.
+        ``fp8``: the DiT blocks' per-pass GEMMs in E4M3 with row scales (:mod:`arl2rt.model.fp8`; a bfloat16 or
+        float16 spec, an sm_89+ GPU or the CPU)."""
         super().__init__(spec, device)
+        if fp8:
+            if spec.dtype not in ("bfloat16", "float16"):
+                raise Arl2rtError(f"torch backend: --fp8 needs --dtype bfloat16 or float16; found {spec.dtype}")
+            check_fp8_device(self.device)
+        self.fp8 = fp8
         if vae is None and spec.vae is not None:
             raise Arl2rtError(
                 f"torch backend: the state contract has VAE {spec.vae.name!r}: expected a decoder, found none"
@@ -47,6 +56,8 @@ class TorchBackend(Backend):
         model = self._model_or_builder
         model = model if isinstance(model, torch.nn.Module) else model()
         model = model.to(device=self.device, dtype=self.spec.config_dtype).eval()
+        if self.fp8:
+            quantize_linears(model)
         self.modules = step_modules(model, self.spec)
         if self._vae_or_builder is not None:
             vae = self._vae_or_builder
