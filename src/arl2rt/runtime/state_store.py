@@ -291,3 +291,47 @@ class StateStore:
             "context": size(self.context.values()),
             "vae_caches": size(self.vae.values()),
         }
+
+
+def planned_bytes(spec: StateSpec, batch: int, max_frames: int) -> dict[str, int]:
+    """What a :class:`StateStore` built with these arguments holds once its first block is committed, by the keys of
+    :meth:`StateStore.nbytes`: the GDN states and their ping-pong spares, each softmax cache at its first capacity (a
+    rolling window's span, or ``max_frames`` of a global cache, which grows later), the text K/V, one set of VAE
+    caches."""
+    cfg = spec.config
+    window = cfg.attn_window_frames
+    cache_frames = max_frames if window == -1 else window - cfg.frames_per_block
+    return {
+        "gdn_states": 2 * spec.state_bytes(batch),
+        "kv_cache": cache_frames * spec.kv_bytes_per_frame(batch),
+        "context": sum(s.nbytes(batch=batch) for s in spec.context_kv()),
+        "vae_caches": spec.vae_cache_bytes(batch),
+    }
+
+
+def check_device_memory(
+    spec: StateSpec, batch: int, max_frames: int, device: torch.device, free_bytes: int | None = None
+) -> None:
+    """On a CUDA device, an Arl2rtError before anything of the stream is allocated if its states and caches alone
+    exceed the device's free memory (``free_bytes``: that figure, else ``torch.cuda.mem_get_info``)."""
+    if device.type != "cuda":
+        return
+    if free_bytes is None:
+        free_bytes = torch.cuda.mem_get_info(device)[0]
+    parts = planned_bytes(spec, batch, max_frames)
+    need = sum(parts.values())
+    if need <= free_bytes:
+        return
+    gib = 1 << 30
+    what = {
+        "gdn_states": "GDN states and their ping-pong spares",
+        "kv_cache": f"K/V caches of {len(spec.config.softmax_layers)} softmax layers",
+        "context": "text K/V",
+        "vae_caches": "VAE decoder caches",
+    }
+    lines = "\n".join(f"  {what[k]}: {v / gib:.2f} GiB" for k, v in parts.items() if v)
+    raise Arl2rtError(
+        f"{device}: {free_bytes / gib:.2f} GiB free; this stream (batch {batch}) needs at least {need / gib:.2f} GiB "
+        f"for its states and caches alone:\n{lines}\n"
+        "expected a shorter stream (--frames/--blocks), a rolling window, a smaller batch or more free GPU memory"
+    )

@@ -23,7 +23,7 @@ from arl2rt.export.state_spec import CONTEXT, DECODE_FIRST, PAST_VAE, VAE_LATENT
 from arl2rt.model.scheduler import FlowMatchScheduler
 from arl2rt.runtime.backend import Backend
 from arl2rt.runtime.rope_rebase import RopePositions
-from arl2rt.runtime.state_store import StateStore
+from arl2rt.runtime.state_store import StateStore, check_device_memory
 
 # (graph, block index, pass index, feeds, outputs) -> None; called after every step, e.g. by parity.
 StepHook = Callable[[str, int, int, dict, dict], None]
@@ -60,6 +60,7 @@ class Streamer:
         self.cfg = self.spec.config
         self.scheduler = FlowMatchScheduler.from_config(self.cfg)
         self.batch, self.seed, self.hook = batch, seed, hook
+        check_device_memory(self.spec, batch, max_frames, torch.device(backend.device))  # before allocating
         self.store = StateStore(self.spec, batch, backend.device, max_frames=max_frames)
         self.generator = torch.Generator()
         self.position = StreamPosition()
