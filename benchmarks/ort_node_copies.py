@@ -26,8 +26,9 @@ from onnx import helper, shape_inference
 _TORCH = {1: torch.float32, 6: torch.int32, 7: torch.int64, 9: torch.bool, 10: torch.float16, 16: torch.bfloat16}
 
 
-def memcpy_events(run) -> list[dict]:
-    """Device<->host memcpy events (kind, bytes) CUPTI records during ``run()``."""
+def cuda_trace(run) -> list[dict]:
+    """The GPU events (``cat``: kernel, gpu_memcpy, gpu_memset; name; bytes of a copy) CUPTI records during
+    ``run()``."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -37,12 +38,20 @@ def memcpy_events(run) -> list[dict]:
         trace = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(trace))
         events = json.loads(trace.read_text()).get("traceEvents", [])
-    found = []
-    for e in events:
-        name = e.get("name", "")
-        if e.get("cat") == "gpu_memcpy" and ("DtoH" in name or "HtoD" in name):
-            found.append({"kind": name, "bytes": e.get("args", {}).get("bytes")})
-    return found
+    return [
+        {"cat": e["cat"], "name": e.get("name", ""), "bytes": e.get("args", {}).get("bytes")}
+        for e in events
+        if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")
+    ]
+
+
+def host_copies(events: list[dict]) -> list[dict]:
+    """The device<->host copies among ``events`` (kind, bytes)."""
+    return [
+        {"kind": e["name"], "bytes": e["bytes"]}
+        for e in events
+        if e["cat"] == "gpu_memcpy" and ("DtoH" in e["name"] or "HtoD" in e["name"])
+    ]
 
 
 def _feeds(values: list[onnx.ValueInfoProto]) -> dict[str, torch.Tensor]:
@@ -100,14 +109,14 @@ def node_copies(path: Path) -> tuple[list[dict], dict]:
         )
         single = helper.make_model(one, opset_imports=model.opset_import, ir_version=model.ir_version)
         try:
-            copies = memcpy_events(run_on_device(single, _feeds([known[i] for i in inputs])))
+            copies = host_copies(cuda_trace(run_on_device(single, _feeds([known[i] for i in inputs]))))
         except Exception as exc:  # noqa: BLE001 - a node that cannot run alone is a row, not the end of the probe
             rows.append({"node": node.name, "op": node.op_type, "error": f"{type(exc).__name__}: {str(exc)[:160]}"})
             continue
         by_op[node.op_type] += len(copies)
         if copies:
             rows.append({"node": node.name, "op": node.op_type, "copies": copies, "inputs": list(node.input)})
-    whole = memcpy_events(run_on_device(onnx.load(str(path)), _feeds(list(graph.input))))
+    whole = host_copies(cuda_trace(run_on_device(onnx.load(str(path)), _feeds(list(graph.input)))))
     return rows, {"copies_by_op": dict(by_op), "whole_graph": whole}
 
 

@@ -48,7 +48,7 @@ def test_cuda_stream_equals_the_cpu_stream_and_keeps_states_on_the_device(contri
 def test_a_step_makes_no_host_device_copy(contrib, micro_context):
     """CUPTI sees onnxruntime's copies too: each step graph, run on device feeds, copies nothing to or from the host
     (the Streamer's own noise and offset uploads are outside the step, so the step is profiled alone)."""
-    from torch.profiler import ProfilerActivity, profile
+    from benchmarks.ort_node_copies import cuda_trace, host_copies
 
     seen = {}
 
@@ -63,15 +63,12 @@ def test_a_step_makes_no_host_device_copy(contrib, micro_context):
             streamer.next_block()
         assert set(seen) == {"denoise_step", "commit_step"}
         for graph, feeds in seen.items():
-            be.run(graph, feeds)  # warm: onnxruntime allocates on first use
+            outputs = be.run(graph, feeds)  # warm: onnxruntime allocates on first use
             torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                be.run(graph, feeds)
-                torch.cuda.synchronize()
-            names = [e.name for e in prof.events()]
-            copies = [n for n in names if "memcpy" in n.lower() and ("htod" in n.lower() or "dtoh" in n.lower())]
-            assert copies == [], (graph, copies)
-            assert names, "the profiler saw no GPU work: the step did not run on the device"
+            events = cuda_trace(lambda graph=graph, feeds=feeds: be.run(graph, feeds))
+            assert any(e["cat"] == "kernel" for e in events), f"{graph}: no GPU kernel ran: not on the device"
+            sizes = {n: t.numel() * t.element_size() for n, t in outputs.items()}  # to tell which value moved
+            assert host_copies(events) == [], (graph, host_copies(events), "output bytes:", sizes)
 
 
 def test_cuda_graph_replays_equal_the_eager_runs(tmp_path, monkeypatch):
