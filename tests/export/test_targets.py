@@ -165,3 +165,32 @@ def test_below_opset_23_attention_keeps_its_decomposition(micro_exports):
     low = micro_exports.graphs()["denoise_step"]
     assert apply_target(low, spec, "denoise_step", "onnxruntime-contrib", opset=18)["SdpaToAttentionPass"] == 0
     assert "Attention" not in op_types(low) and "Softmax" in op_types(low)
+
+
+@pytest.mark.parametrize("target", ["onnxruntime-contrib", "onnxruntime"])
+@pytest.mark.parametrize("graph", GRAPHS)
+def test_every_rms_norm_becomes_one_rmsnormalization_node_and_computes_the_same(
+    micro_exports, micro_model, target, graph
+):
+    """RMSNorms run per layer: softmax q and k; hybrid q and k, then again the memory query's and (commit) the
+    write key's; cross-attention q; the text keys in encode_context. The commit's last layer (softmax in MICRO) only
+    makes its block K/V: its q and cross-attention q are pruned. Each becomes one RMSNormalization node, no
+    Sqrt -> Reciprocal of a norm is left, and onnxruntime == torch."""
+    assert MICRO.num_layers - 1 not in MICRO.hybrid_layers
+    spec = StateSpec(MICRO)
+    model = micro_exports.graphs()[graph]
+    sqrt_before = op_types(model).count("Sqrt")
+    counts = apply_target(model, spec, graph, target)
+    ops = op_types(model)
+    hybrid, softmax = len(MICRO.hybrid_layers), MICRO.num_layers - len(MICRO.hybrid_layers)
+    want = {
+        "encode_context": MICRO.num_layers,
+        "denoise_step": 2 * softmax + 3 * hybrid + MICRO.num_layers,
+        "commit_step": 2 * softmax + 4 * hybrid + MICRO.num_layers - 2,
+    }[graph]
+    assert counts["RmsToRmsNormalizationPass"] == ops.count("RMSNormalization") == want
+    assert ops.count("Sqrt") == sqrt_before - want
+    feeds = _feeds(spec, graph, PAST_LENS[1], seed=11)
+    got = run_ort(model, {k: v.numpy() for k, v in feeds.items()})
+    for g, w in zip(got, _torch_outputs(micro_model, spec, graph, feeds)):
+        assert rel_err(g, w) < 1e-5

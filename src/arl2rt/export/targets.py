@@ -5,8 +5,8 @@
 | `onnxruntime` | standard ``LinearAttention`` (``update_rule="gated_delta"``)   | 27, 27..28              |
 | `onnxruntime-contrib` | onnxruntime's ``com.microsoft::LinearAttention`` (same op)  | 23, 18..28        |
 
-Both onnxruntime targets turn softmax attention into the standard ``Attention`` op at opset >= 23
-(:mod:`.passes.sdpa_to_attention`).
+Both onnxruntime targets turn softmax attention into the standard ``Attention`` op and each RMSNorm into the standard
+``RMSNormalization`` op at opset >= 23 (:mod:`.passes.sdpa_to_attention`, :mod:`.passes.rms_to_rmsnormalization`).
 | `tensorrt`    | our plugins' nodes: AOT stages (default) or the JIT node       | 18, 18..21              |
 | `portable`    | standard ops only (chunked, no loop)                           | 18, 18..21              |
 
@@ -39,6 +39,7 @@ from arl2rt.export.passes.gdn_to_linear_attention import (
 from arl2rt.export.passes.gdn_to_plugin import GdnToPluginPass
 from arl2rt.export.passes.legalize_types import LegalizeTypesPass
 from arl2rt.export.passes.raise_opset import RaiseOpsetPass
+from arl2rt.export.passes.rms_to_rmsnormalization import RmsToRmsNormalizationPass
 from arl2rt.export.passes.sdpa_to_attention import ATTENTION_OPSET, SdpaToAttentionPass
 from arl2rt.export.passes.state_io import StateIOPass
 from arl2rt.export.state_spec import StateSpec
@@ -107,7 +108,7 @@ TARGETS: dict[str, Target] = {
         LINEAR_ATTENTION_OPSET,
         MAX_ONNX_OPSET,
         LINEAR_ATTENTION_OPSET,
-        lambda mode: [GdnToLinearAttentionPass(), SdpaToAttentionPass()],
+        lambda mode: [GdnToLinearAttentionPass(), SdpaToAttentionPass(), RmsToRmsNormalizationPass()],
         lambda opset, mode: CheckOpsPass("onnxruntime", max_opset=opset),
     ),
     "onnxruntime-contrib": Target(
@@ -117,7 +118,11 @@ TARGETS: dict[str, Target] = {
         ATTENTION_OPSET,
         MAX_ONNX_OPSET,
         EXPORT_OPSET,
-        lambda mode: [GdnToLinearAttentionPass(domain=CONTRIB_DOMAIN), SdpaToAttentionPass()],
+        lambda mode: [
+            GdnToLinearAttentionPass(domain=CONTRIB_DOMAIN),
+            SdpaToAttentionPass(),
+            RmsToRmsNormalizationPass(),
+        ],
         lambda opset, mode: CheckOpsPass("onnxruntime-contrib", max_opset=opset, runtime_ops=ORT_CONTRIB_OPS),
         runtime_ops=ORT_CONTRIB_OPS,
     ),
