@@ -4,27 +4,21 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib
 import os
 import struct
-import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+from checkout_tools import tool
 
-ROOT = Path(__file__).resolve().parents[2]
 LIB = "pkg/capi/libkernels.so"
 RECORD = "pkg-1.0.dist-info/RECORD"
 
 
 @pytest.fixture(scope="module")
 def slim():
-    sys.path.insert(0, str(ROOT))
-    try:
-        return importlib.import_module("tools.slim_wheel")
-    finally:
-        sys.path.remove(str(ROOT))
+    return tool("slim_wheel")
 
 
 def entry(arch: int, payload: bytes, kind: int = 2) -> bytes:

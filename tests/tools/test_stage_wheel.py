@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -10,19 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from checkout_tools import tool
 
-ROOT = Path(__file__).resolve().parents[2]
 MIB = 1 << 20
 WHEEL = "onnxruntime_gpu-0.0.0-cp312-cp312-manylinux_2_28_x86_64.whl"
 
 
 @pytest.fixture(scope="module")
 def stage():
-    sys.path.insert(0, str(ROOT))
-    try:
-        return importlib.import_module("tools.stage_wheel")
-    finally:
-        sys.path.remove(str(ROOT))
+    return tool("stage_wheel")
 
 
 @pytest.fixture

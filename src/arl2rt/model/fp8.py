@@ -26,6 +26,7 @@ E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0  # largest finite E4M3 value
 _TINY = 1e-12  # an all-zero row gets this amax: its scale stays finite and its codes stay zero
 FP8_DTYPES = (torch.bfloat16, torch.float16)  # what an FP8 model's activations may be (scaled_mm's outputs)
+FP8_DTYPE_NAMES = ("bfloat16", "float16")  # the same, as --dtype names them
 MIN_CAPABILITY = (8, 9)  # Ada and Hopper have FP8 tensor cores
 
 
@@ -40,14 +41,7 @@ def quantize_rows_plain(x: torch.Tensor, gelu: bool = False) -> tuple[torch.Tens
     return (xf / scale).to(E4M3), scale
 
 
-@fused
-def _quantize_rows_fused(x: torch.Tensor, gelu: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return quantize_rows_plain(x, gelu)
-
-
-def quantize_rows(x: torch.Tensor, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`quantize_rows_plain`, as one fused kernel on CUDA at inference."""
-    return _quantize_rows_fused(x, gelu)
+quantize_rows = fused(quantize_rows_plain)  # one kernel on CUDA at inference, the plain body elsewhere
 
 
 class Fp8Linear(nn.Module):
