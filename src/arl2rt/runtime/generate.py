@@ -28,6 +28,7 @@ import torch
 
 from arl2rt.errors import Arl2rtError
 from arl2rt.model.config import ModelConfig
+from arl2rt.model.fp8 import FP8_DTYPE_NAMES, check_fp8_device
 from arl2rt.runtime import session as sessions
 from arl2rt.runtime.backends import (
     DEFAULT_BACKEND,
@@ -220,7 +221,7 @@ def plan_generate(opts: GenerateOptions) -> Plan:
             raise Arl2rtError(
                 f"--fp8: backend {backend} runs the package's own precision; FP8 layers are the torch backend's"
             )
-        if dtype not in ("bfloat16", "float16"):
+        if dtype not in FP8_DTYPE_NAMES:
             raise Arl2rtError(f"--fp8: needs --dtype bfloat16 or float16 (scaled_mm's outputs); found {dtype}")
     if loaded.package is not None and dtype != loaded.package.spec.dtype:
         raise Arl2rtError(
@@ -237,6 +238,8 @@ def plan_generate(opts: GenerateOptions) -> Plan:
             source = f"package {loaded.source['path']} has target {package.target}: backend {backend} runs it on"
     device = resolve_device(backend, device)
     check_device(device, source)
+    if opts.fp8:
+        check_fp8_device(torch.device(device))  # sm_89+: refused before a session dir is made
     threads = opts.threads if opts.threads is not None else default_threads(cfg)
     seed = record.seed if record else (0 if opts.seed is None else opts.seed)
 

@@ -12,7 +12,7 @@ from arl2rt.errors import Arl2rtError
 from arl2rt.export.state_spec import PRESENT_KV, StateSpec
 from arl2rt.export.steps import decode_modules, step_modules
 from arl2rt.model.dit import CausalDiT
-from arl2rt.model.fp8 import check_fp8_device, quantize_linears
+from arl2rt.model.fp8 import FP8_DTYPE_NAMES, check_fp8_device, quantize_linears
 from arl2rt.model.vae.decoder import WanVaeDecoder
 from arl2rt.runtime.backend import Backend
 from arl2rt.runtime.step_graphs import StepGraphs, graphs_wanted
@@ -35,7 +35,7 @@ class TorchBackend(Backend):
         float16 spec, an sm_89+ GPU or the CPU)."""
         super().__init__(spec, device)
         if fp8:
-            if spec.dtype not in ("bfloat16", "float16"):
+            if spec.dtype not in FP8_DTYPE_NAMES:
                 raise Arl2rtError(f"torch backend: --fp8 needs --dtype bfloat16 or float16; found {spec.dtype}")
             check_fp8_device(self.device)
         self.fp8 = fp8
